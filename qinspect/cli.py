@@ -1,0 +1,211 @@
+"""The `qinspect` command: the desktop app, or a subcommand for batch work.
+
+Subcommands import no Qt, so they start fast and run on machines without a display. Exit status is
+0 on success and 2 on bad input, with a one-line reason on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+SUBCOMMANDS = ("calibrate",)
+SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
+
+
+class TerminalProgress:
+    """A progress bar on stderr; a line every few seconds when stderr is not a terminal."""
+
+    def __init__(self, stream=None, label: str = "calibrating"):
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        final = total and done >= total
+        if not final and now - self.last < (0.1 if self.tty else 5.0):
+            return
+        self.last = now
+        elapsed = now - self.started
+        eta = elapsed / done * (total - done) if done else 0.0
+        frac = done / total if total else 0.0
+        bar = "#" * int(frac * 30)
+        line = f"{self.label} [{bar:<30}] {done}/{total} {frac:4.0%} eta {eta:4.0f}s {message}"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="calibrate a model and write an overrides/encodings JSON")
+    p.add_argument("model", help="the float ONNX model")
+    p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
+    p.add_argument("-o", "--output", required=True, help="the encodings JSON to write")
+    p.add_argument("--scheme", choices=SCHEMES, default="tf")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--act-bw", type=int, default=8, choices=(4, 8, 16))
+    p.add_argument("--param-bw", type=int, default=8, choices=(4, 8, 16))
+    p.add_argument("--per-channel", dest="per_channel", action="store_true", default=True)
+    p.add_argument("--no-per-channel", dest="per_channel", action="store_false")
+    p.add_argument("--symmetric-activations", action="store_true")
+    p.add_argument("--overrides", help="a user overrides JSON applied on top of the defaults")
+    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
+    p.add_argument("--samples", type=int, help="use at most N samples")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--session", help="also save a session file that the app reopens")
+    p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
+    p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
+    p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_calibrate(args) -> int:
+    from .core.calibrate import calibrate
+    from .core.data import open_data
+    from .core.io.overrides import apply_overrides, read_overrides, write_overrides
+    from .core.model import load_model
+    from .core.plan import Defaults, PrecisionPlan, derive_encodings
+    from .core.progress import NullProgress
+
+    if args.samples is not None and args.samples < 1:
+        raise _Usage("--samples must be at least 1")
+    if args.batch_size < 1:
+        raise _Usage("--batch-size must be at least 1")
+    index = load_model(args.model)
+    data = open_data(
+        args.data,
+        index.inputs,
+        samples=args.samples,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        layout=args.layout,
+        channels=args.channels,
+    )
+    defaults = Defaults(
+        act_bw=args.act_bw,
+        param_bw=args.param_bw,
+        act_scheme=args.scheme,
+        param_scheme=args.scheme,
+        act_symmetric=args.symmetric_activations,
+        per_channel=args.per_channel,
+        percentile=args.percentile,
+    )
+    plan = PrecisionPlan(defaults)
+    if args.overrides:
+        encodings, warnings = read_overrides(args.overrides, index)
+        for w in warnings:
+            print(f"qinspect: warning: {args.overrides}: {w}", file=sys.stderr)
+        apply_overrides(plan, encodings)
+    providers = args.provider or None
+    if providers:
+        from .core.calibrate import available_providers
+
+        missing = [p for p in providers if p not in available_providers()]
+        if missing:
+            raise _Usage(f"execution provider(s) {', '.join(missing)} not in this onnxruntime; have {available_providers()}")
+    progress = NullProgress() if args.quiet else TerminalProgress()
+    result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers)
+    for name, why in result.skipped.items():
+        print(f"qinspect: warning: {name}: no statistics ({why})", file=sys.stderr)
+    for name, s in result.stats.items():
+        if s.nonfinite_count:
+            print(
+                f"qinspect: warning: {name}: {s.nan_count} NaN and {s.posinf_count + s.neginf_count} Inf "
+                "values were left out of its range",
+                file=sys.stderr,
+            )
+    encodings = derive_encodings(index, result.stats, plan)
+    kinds = {name: index.targets[name].kind for name in encodings}
+    quantizer_args = {
+        "activation_bitwidth": args.act_bw,
+        "param_bitwidth": args.param_bw,
+        "dtype": "int",
+        "is_symmetric": True,
+        "per_channel_quantization": args.per_channel,
+        "quant_scheme": f"post_training_{args.scheme}",
+    }
+    out = write_overrides(args.output, encodings, kinds, args.format, quantizer_args, protect=[args.model])
+    if args.session:
+        from .core.io.session import Session, save_session
+
+        save_session(args.session, Session(args.model, args.data, result.stats, plan), protect=[args.model])
+    if not args.quiet:
+        print(
+            f"wrote {out}: {len(encodings)} encodings from {result.samples} samples "
+            f"in {result.seconds:.1f}s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run_gui(argv) -> int:
+    p = argparse.ArgumentParser(prog="qinspect", description="Inspect and edit the quantization of an ONNX model.")
+    p.add_argument("model", nargs="?", help="the ONNX model to open (default: the bundled example)")
+    p.add_argument("--encodings", help="an encodings/overrides JSON to load")
+    p.add_argument("--session", help="a saved .qinspect session to reopen")
+    args = p.parse_args(argv)
+    try:
+        from .gui.app import run
+    except ImportError as exc:
+        print(f"qinspect: the desktop app cannot start ({exc}); the subcommands {SUBCOMMANDS} still work", file=sys.stderr)
+        return 2
+    return run(args.model, encodings=args.encodings, session=args.session)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"usage: qinspect [MODEL.onnx] [--encodings ENC.json] [--session S.qinspect]\n"
+                  f"       qinspect {{{','.join(SUBCOMMANDS)}}} ...   (see qinspect SUBCOMMAND --help)")
+            return 0
+        return _run_gui(argv)
+    parser = argparse.ArgumentParser(prog="qinspect")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _calibrate_parser(sub)
+    args = parser.parse_args(argv)
+    from .core.errors import Cancelled, QInspectError
+
+    try:
+        return {"calibrate": run_calibrate}[args.command](args)
+    except _Usage as exc:
+        print(f"qinspect: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("qinspect: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nqinspect: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except QInspectError as exc:
+        print(f"qinspect: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

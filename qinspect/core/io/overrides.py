@@ -1,0 +1,364 @@
+"""AIMET/QNN quantization-overrides JSON, versions 0.6.1 (default), 1.0.0 and 2.0.0 (spec section 3).
+
+Writers take derived encodings; the reader returns encodings by tensor name, checked against the
+model, for the plan to apply as a partial override (what the QNN converter does with such a file).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
+from ..errors import OverridesError
+from .files import atomic_write
+
+VERSIONS = ("0.6.1", "1.0.0", "2.0.0")
+DEFAULT_VERSION = "0.6.1"
+READ_BITWIDTHS = (4, 8, 16, 32)
+
+
+def _section(kind: str) -> str:
+    return "activation_encodings" if kind == "activation" else "param_encodings"
+
+
+def _entry_0_6_1(e: Encoding) -> list[dict]:
+    if e.is_float:
+        return [{"bitwidth": e.bw, "dtype": "float"}]
+    return [
+        {
+            "bitwidth": e.bw,
+            "dtype": "int",
+            "is_symmetric": str(e.symmetric),
+            "min": float(lo),
+            "max": float(hi),
+            "offset": int(o),
+            "scale": float(s),
+        }
+        for lo, hi, o, s in zip(e.min, e.max, e.offset, e.scale)
+    ]
+
+
+def _entry_1_0_0(name: str, e: Encoding) -> dict:
+    enc_type = "PER_CHANNEL" if e.per_channel else "PER_TENSOR"
+    if e.is_float:
+        return {"name": name, "dtype": "FLOAT", "enc_type": "PER_TENSOR", "bw": e.bw}
+    return {
+        "name": name,
+        "dtype": "INT",
+        "enc_type": enc_type,
+        "bw": e.bw,
+        "is_sym": e.symmetric,
+        "scale": [float(s) for s in e.scale],
+        "offset": [int(o) for o in e.offset],
+    }
+
+
+def _entry_2_0_0(name: str, e: Encoding) -> dict:
+    # ONNX zero points: unsigned storage for asymmetric, signed with zp 0 for symmetric (spec 4.2).
+    signed = e.symmetric and not any(o == 0 for o in e.offset)
+    zp = [-o - 2 ** (e.bw - 1) if signed else -o for o in e.offset]
+    entry = {"name": name, "output_dtype": f"{'int' if signed else 'uint'}{e.bw}"}
+    entry["y_scale"] = [float(s) for s in e.scale] if e.per_channel else float(e.scale[0])
+    if any(zp):
+        entry["y_zero_point"] = [int(z) for z in zp] if e.per_channel else int(zp[0])
+    if e.per_channel:
+        entry["axis"] = e.axis
+    return entry
+
+
+def overrides_dict(
+    encodings: dict[str, Encoding],
+    kinds: dict[str, str],
+    version: str = DEFAULT_VERSION,
+    quantizer_args: dict | None = None,
+) -> dict:
+    """The JSON document for `encodings`; `kinds` maps each name to activation/weight/bias."""
+    if version not in VERSIONS:
+        raise OverridesError(f"unknown overrides version {version!r}; use one of {VERSIONS}")
+    if version == "2.0.0":
+        # fp16/fp32 tensors get no entry: a missing entry means "not quantized" (spec 3.4).
+        entries = [_entry_2_0_0(n, e) for n, e in encodings.items() if not e.is_float]
+        return {"version": "2.0.0", "producer": {"package": "qinspect"}, "encodings": entries}
+    doc: dict = {"version": version}
+    if version == "0.6.1":
+        doc["activation_encodings"], doc["param_encodings"] = {}, {}
+        for name, e in encodings.items():
+            doc[_section(kinds[name])][name] = _entry_0_6_1(e)
+    else:
+        doc["activation_encodings"], doc["param_encodings"] = [], []
+        for name, e in encodings.items():
+            doc[_section(kinds[name])].append(_entry_1_0_0(name, e))
+    if quantizer_args:
+        args = dict(quantizer_args)
+        if version == "0.6.1":  # 0.6.1 writes flags as "True"/"False" strings
+            args = {k: str(v) if isinstance(v, bool) else v for k, v in args.items()}
+        doc["quantizer_args"] = args
+    if version == "1.0.0":
+        doc["excluded_layers"] = []
+    return doc
+
+
+def write_overrides(path, encodings, kinds, version=DEFAULT_VERSION, quantizer_args=None, protect=()) -> Path:
+    """Write an overrides file atomically."""
+    doc = overrides_dict(encodings, kinds, version, quantizer_args)
+    return atomic_write(path, json.dumps(doc, indent=2) + "\n", protect=protect)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def detect_version(doc) -> str:
+    """AIMET's rule: an explicit version wins; dict sections -> 0.6.1, list sections -> 1.0.0."""
+    if not isinstance(doc, dict):
+        raise OverridesError("the top level must be a JSON object")
+    version = doc.get("version")
+    if version is not None:
+        version = str(version)
+        if version in ("0.4.0", "0.5.0"):
+            return "0.6.1"  # same layout, fewer keys
+        if version == "2.1.0":
+            return "2.0.0"
+        if version not in VERSIONS:
+            raise OverridesError(f"unknown version {version!r}; qinspect reads {VERSIONS}")
+        return version
+    if "encodings" in doc:
+        return "2.0.0"
+    sections = [doc.get("activation_encodings"), doc.get("param_encodings")]
+    if any(isinstance(s, list) for s in sections):
+        return "1.0.0"
+    if any(isinstance(s, dict) for s in sections):
+        return "0.6.1"
+    raise OverridesError("no activation_encodings, param_encodings or encodings section found")
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
+def _channel_axis(values, axis_hint) -> int | None:
+    """The per-channel axis for a list of per-channel values (None for a single value).
+
+    0.6.1 and 1.0.0 store no axis: it is the tensor's output-channel axis, taken from the model.
+    """
+    if len(values) <= 1:
+        return None
+    return 0 if axis_hint is None else axis_hint
+
+
+def _read_0_6_1(name, entries, axis_hint, problems) -> Encoding | None:
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not entries:
+        problems.append(f"{name}: expected a list of encodings")
+        return None
+    first = entries[0]
+    bw = first.get("bitwidth")
+    if str(first.get("dtype", "int")).lower() == "float":
+        return _float(name, bw, problems)
+    if not _int_bw_ok(name, bw, problems):
+        return None
+    symmetric = _as_bool(first.get("is_symmetric", False))
+    axis = _channel_axis(entries, axis_hint)
+    if all("min" in e and "max" in e for e in entries):
+        lo = np.array([float(e["min"]) for e in entries])
+        hi = np.array([float(e["max"]) for e in entries])
+        bad = np.flatnonzero(lo > hi)
+        if bad.size:
+            problems.append(f"{name}: min {lo[bad[0]]} is above max {hi[bad[0]]}")
+            return None
+        # QNN recomputes scale and offset from min/max for this format, so do we.
+        return encoding_from_min_max(lo, hi, int(bw), symmetric=symmetric, axis=axis)
+    if all("scale" in e and "offset" in e for e in entries):
+        return _scale_offset(name, bw, [e["scale"] for e in entries], [e["offset"] for e in entries], symmetric, axis, problems)
+    problems.append(f"{name}: an int encoding needs min and max (or scale and offset)")
+    return None
+
+
+def _read_1_0_0(entry, axis_hint, problems) -> tuple[str, Encoding | None]:
+    name = entry.get("name")
+    if not isinstance(name, str):
+        problems.append(f"an entry has no name: {json.dumps(entry)[:80]}")
+        return "", None
+    bw = entry.get("bw")
+    if str(entry.get("dtype", "INT")).upper() == "FLOAT":
+        return name, _float(name, bw, problems)
+    enc_type = entry.get("enc_type", "PER_TENSOR")
+    if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
+        problems.append(f"{name}: enc_type {enc_type} is not supported yet (PER_TENSOR and PER_CHANNEL are)")
+        return name, None
+    if not _int_bw_ok(name, bw, problems):
+        return name, None
+    scales, offsets = entry.get("scale"), entry.get("offset")
+    if not isinstance(scales, list) or not isinstance(offsets, list):
+        problems.append(f"{name}: scale and offset must be lists")
+        return name, None
+    axis = _channel_axis(scales, axis_hint) if enc_type == "PER_CHANNEL" else None
+    return name, _scale_offset(name, bw, scales, offsets, _as_bool(entry.get("is_sym", False)), axis, problems)
+
+
+def _read_2_0_0(entry, problems) -> tuple[str, Encoding | None]:
+    name = entry.get("name")
+    if not isinstance(name, str):
+        problems.append(f"an entry has no name: {json.dumps(entry)[:80]}")
+        return "", None
+    dtype = str(entry.get("output_dtype", ""))
+    signed = dtype.startswith("int")
+    try:
+        bw = int(dtype[3 if signed else 4 :])
+    except ValueError:
+        problems.append(f"{name}: output_dtype {dtype!r} is not an integer type qinspect reads")
+        return name, None
+    if not _int_bw_ok(name, bw, problems):
+        return name, None
+    scales = np.atleast_1d(np.asarray(entry.get("y_scale"), dtype=np.float64))
+    zp = np.atleast_1d(np.asarray(entry.get("y_zero_point", 0), dtype=np.int64))
+    zp = np.broadcast_to(zp, scales.shape)
+    offsets = -zp - 2 ** (bw - 1) if signed else -zp
+    symmetric = bool(signed and np.all(zp == 0))
+    axis = entry.get("axis") if scales.size > 1 else None
+    return name, _scale_offset(name, bw, scales.tolist(), offsets.tolist(), symmetric, axis, problems)
+
+
+def _float(name, bw, problems) -> Encoding | None:
+    if bw not in FLOAT_BITWIDTHS:
+        problems.append(f"{name}: float bitwidth {bw} is not supported; use 16 or 32")
+        return None
+    return float_encoding(int(bw))
+
+
+def _int_bw_ok(name, bw, problems) -> bool:
+    if not isinstance(bw, (int, float)) or int(bw) != bw or int(bw) not in READ_BITWIDTHS:
+        problems.append(f"{name}: bitwidth {bw!r} is not supported; use one of {READ_BITWIDTHS}")
+        return False
+    return True
+
+
+def _scale_offset(name, bw, scales, offsets, symmetric, axis, problems) -> Encoding | None:
+    try:
+        scales = [float(s) for s in scales]
+        offsets = [float(o) for o in offsets]
+    except (TypeError, ValueError):
+        problems.append(f"{name}: scale and offset must be numbers")
+        return None
+    if len(scales) != len(offsets) or not scales:
+        problems.append(f"{name}: {len(scales)} scales but {len(offsets)} offsets")
+        return None
+    if any(not np.isfinite(s) or s <= 0 for s in scales):
+        problems.append(f"{name}: every scale must be a positive number")
+        return None
+    if any(o != int(o) for o in offsets):
+        problems.append(f"{name}: offsets must be integers")
+        return None
+    return Encoding(
+        bw=int(bw),
+        scale=tuple(scales),
+        offset=tuple(int(o) for o in offsets),
+        symmetric=symmetric,
+        axis=axis,
+    )
+
+
+def parse_overrides(doc, index=None, source: str = "overrides") -> tuple[dict[str, Encoding], list[str]]:
+    """Encodings by tensor name from a parsed JSON document, and warnings.
+
+    With a ModelIndex, names are checked against the model: names not in the model, bad bitwidths,
+    min above max and channel counts that do not match are errors listing every offending entry.
+    """
+    version = _version_or_raise(doc, source)
+    problems: list[str] = []
+    found: list[tuple[str, Encoding | None]] = []
+
+    def axis_of(name):
+        target = index.targets.get(name) if index is not None else None
+        return getattr(target, "axis", None)
+
+    if version == "0.6.1":
+        for key in ("activation_encodings", "param_encodings"):
+            section = doc.get(key) or {}
+            if not isinstance(section, dict):
+                problems.append(f"{key} must be an object of tensor name -> encodings")
+                continue
+            for name, entries in section.items():
+                found.append((name, _read_0_6_1(name, entries, axis_of(name), problems)))
+    elif version == "1.0.0":
+        for key in ("activation_encodings", "param_encodings"):
+            section = doc.get(key) or []
+            if not isinstance(section, list):
+                problems.append(f"{key} must be a list of named encodings")
+                continue
+            for entry in section:
+                if not isinstance(entry, dict):
+                    problems.append(f"{key}: every entry must be an object")
+                    continue
+                found.append(_read_1_0_0(entry, axis_of(entry.get("name")), problems))
+    else:
+        for entry in doc.get("encodings") or []:
+            if not isinstance(entry, dict):
+                problems.append("encodings: every entry must be an object")
+                continue
+            found.append(_read_2_0_0(entry, problems))
+
+    encodings = {name: enc for name, enc in found if enc is not None}
+    warnings: list[str] = []
+    if index is not None:
+        _check_against_model(encodings, index, problems, warnings)
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise OverridesError(f"{source}: {len(problems)} problem(s): {shown}")
+    return encodings, warnings
+
+
+def _version_or_raise(doc, source) -> str:
+    try:
+        return detect_version(doc)
+    except OverridesError as exc:
+        raise OverridesError(f"{source}: {exc}") from None
+
+
+def _check_against_model(encodings, index, problems, warnings) -> None:
+    ignored = []
+    missing = [n for n in encodings if n not in index.tensors]
+    if missing:
+        problems.append(
+            f"{len(missing)} tensor(s) not in the model: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else "")
+            + " (check the names against the model, or remove those entries)"
+        )
+    for name, enc in encodings.items():
+        if name in missing:
+            continue
+        target = index.targets.get(name)
+        if target is None:
+            warnings.append(f"{name}: not a quantizer position in this model (integer, aliased or fused tensor); ignored")
+            ignored.append(name)
+            continue
+        if enc.per_channel and target.shape is not None and target.axis is not None:
+            channels = target.shape[target.axis]
+            if isinstance(channels, int) and channels != len(enc.scale):
+                problems.append(f"{name}: {len(enc.scale)} channel encodings but the tensor has {channels} channels on axis {target.axis}")
+    for name in ignored:
+        del encodings[name]
+
+
+def read_overrides(path, index=None) -> tuple[dict[str, Encoding], list[str]]:
+    """Read an overrides file; see `parse_overrides`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OverridesError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OverridesError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or re-export it") from None
+    return parse_overrides(doc, index, source=str(path))
+
+
+def apply_overrides(plan, encodings: dict[str, Encoding]) -> None:
+    """Put read encodings into the plan as exact per-tensor edits (a partial override)."""
+    for name, enc in encodings.items():
+        plan.set(name, encoding=enc)

@@ -1,0 +1,298 @@
+"""The precision plan: defaults plus the user's per-tensor edits, and the encodings they imply.
+
+The plan is the only state a user edits. Encodings are always derived from statistics and plan
+(`derive_encodings`), so an edit never needs a new calibration.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from .encoding import (
+    FLOAT_BITWIDTHS,
+    INT_BITWIDTHS,
+    Encoding,
+    bias_encoding,
+    compute_encoding,
+    float_encoding,
+)
+from .ranges import SCHEMES, choose_range
+from .stats import TensorStats, channel_stats
+
+DTYPES = ("int", "float")
+# AIMET's floor for a bias scale when no input or weight scale exists (spec 3.6).
+MIN_BIAS_SCALE = 2.33e-12
+
+
+@dataclass
+class Defaults:
+    """What every tensor gets unless an edit says otherwise (AIMET's default HTP config)."""
+
+    act_bw: int = 8
+    param_bw: int = 8
+    bias_bw: int = 32
+    act_scheme: str = "tf"
+    param_scheme: str = "tf"
+    act_symmetric: bool = False
+    param_symmetric: bool = True
+    per_channel: bool = True
+    percentile: float = 99.99
+    min_range: str = "qnn"
+    symmetric_variant: str = "aimet"
+
+
+@dataclass
+class TensorEdit:
+    """A user's choices for one tensor; None means "use the default"."""
+
+    bw: int | None = None
+    dtype: str | None = None
+    scheme: str | None = None
+    symmetric: bool | None = None
+    strict: bool | None = None
+    unsigned: bool | None = None
+    per_channel: bool | None = None
+    percentile: float | None = None
+    range: tuple[float, float] | None = None  # a fixed min/max, typed or dragged
+    encoding: Encoding | None = None  # an exact encoding, e.g. read from a file; wins over all else
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved choices for one tensor."""
+
+    bw: int
+    dtype: str
+    scheme: str
+    symmetric: bool
+    strict: bool
+    unsigned: bool
+    per_channel: bool
+    percentile: float
+    range: tuple[float, float] | None
+    encoding: Encoding | None
+
+
+def check_edit(name: str, edit: TensorEdit) -> list[str]:
+    """Problems with an edit, each naming the tensor and the fix."""
+    problems = []
+    if edit.dtype is not None and edit.dtype not in DTYPES:
+        problems.append(f"{name}: dtype {edit.dtype!r} is not one of {DTYPES}")
+    if edit.bw is not None:
+        dtype = edit.dtype or "int"
+        allowed = FLOAT_BITWIDTHS if dtype == "float" else INT_BITWIDTHS
+        if edit.bw not in allowed:
+            problems.append(f"{name}: bitwidth {edit.bw} is not supported for {dtype}; use one of {allowed}")
+    if edit.scheme is not None and edit.scheme not in SCHEMES:
+        problems.append(f"{name}: scheme {edit.scheme!r} is not one of {SCHEMES}")
+    if edit.percentile is not None and not 50 <= edit.percentile <= 100:
+        problems.append(f"{name}: percentile {edit.percentile} must be between 50 and 100")
+    if edit.range is not None:
+        lo, hi = edit.range
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            problems.append(f"{name}: range ({lo}, {hi}) must be finite")
+        elif lo > hi:
+            problems.append(f"{name}: min {lo} is above max {hi}; swap them")
+    return problems
+
+
+class PrecisionPlan:
+    """Defaults plus per-tensor edits. Edits are plain values, so undo is "put the old edit back"."""
+
+    def __init__(self, defaults: Defaults | None = None):
+        self.defaults = defaults or Defaults()
+        self.edits: dict[str, TensorEdit] = {}
+
+    def edit(self, name: str) -> TensorEdit:
+        """A copy of the tensor's current edit (empty if it has none)."""
+        return replace(self.edits.get(name, TensorEdit()))
+
+    def set(self, name: str, **changes) -> TensorEdit:
+        """Change some fields of a tensor's edit; returns the previous edit for undo.
+
+        A field set to None goes back to the default.
+        """
+        previous = self.edit(name)
+        edit = replace(previous, **changes)
+        problems = check_edit(name, edit)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.restore(name, edit)
+        return previous
+
+    def restore(self, name: str, edit: TensorEdit) -> None:
+        if edit.is_empty():
+            self.edits.pop(name, None)
+        else:
+            self.edits[name] = replace(edit)
+
+    def edited(self) -> list[str]:
+        return list(self.edits)
+
+    def settings(self, kind: str, name: str) -> Settings:
+        """Resolve defaults and edit for a tensor of kind "activation", "weight" or "bias"."""
+        d = self.defaults
+        e = self.edits.get(name, TensorEdit())
+        if kind == "activation":
+            bw, scheme, symmetric, per_channel = d.act_bw, d.act_scheme, d.act_symmetric, False
+        elif kind == "weight":
+            bw, scheme, symmetric, per_channel = d.param_bw, d.param_scheme, d.param_symmetric, d.per_channel
+        else:
+            bw, scheme, symmetric, per_channel = d.bias_bw, "tf", True, d.per_channel
+        dtype = e.dtype or "int"
+        if e.bw is not None:
+            bw = e.bw
+        elif dtype == "float":
+            bw = 16
+        per_channel = per_channel if e.per_channel is None else e.per_channel
+        symmetric = symmetric if e.symmetric is None else e.symmetric
+        if per_channel and kind == "weight":
+            symmetric = True  # QNN: per-channel encodings are always symmetric
+        return Settings(
+            bw=bw,
+            dtype=dtype,
+            scheme=e.scheme or scheme,
+            symmetric=symmetric,
+            strict=bool(e.strict),
+            unsigned=bool(e.unsigned),
+            per_channel=per_channel,
+            percentile=d.percentile if e.percentile is None else e.percentile,
+            range=e.range,
+            encoding=e.encoding,
+        )
+
+    def to_dict(self) -> dict:
+        edits = {}
+        for name, e in self.edits.items():
+            d = {k: v for k, v in asdict(e).items() if v is not None and k != "encoding"}
+            if e.encoding is not None:
+                d["encoding"] = encoding_to_dict(e.encoding)
+            edits[name] = d
+        return {"defaults": asdict(self.defaults), "edits": edits}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrecisionPlan:
+        plan = cls(Defaults(**d.get("defaults", {})))
+        for name, e in d.get("edits", {}).items():
+            e = dict(e)
+            if "encoding" in e:
+                e["encoding"] = encoding_from_dict(e["encoding"])
+            if "range" in e:
+                e["range"] = tuple(e["range"])
+            plan.edits[name] = TensorEdit(**e)
+        return plan
+
+
+def encoding_to_dict(e: Encoding) -> dict:
+    return {
+        "bw": e.bw,
+        "dtype": e.dtype,
+        "scale": list(e.scale),
+        "offset": list(e.offset),
+        "symmetric": e.symmetric,
+        "axis": e.axis,
+        "strict": e.strict,
+    }
+
+
+def encoding_from_dict(d: dict) -> Encoding:
+    return Encoding(
+        bw=int(d["bw"]),
+        dtype=d["dtype"],
+        scale=tuple(float(s) for s in d["scale"]),
+        offset=tuple(int(o) for o in d["offset"]),
+        symmetric=bool(d["symmetric"]),
+        axis=d["axis"],
+        strict=bool(d.get("strict", False)),
+    )
+
+
+def _from_settings(s: Settings, lo, hi, defaults: Defaults, axis=None) -> Encoding:
+    return compute_encoding(
+        lo,
+        hi,
+        s.bw,
+        symmetric=s.symmetric,
+        strict=s.strict,
+        unsigned=s.unsigned,
+        variant=defaults.symmetric_variant,
+        min_range=defaults.min_range,
+        axis=axis,
+    )
+
+
+def _activation_encoding(s: Settings, stats: TensorStats | None, defaults: Defaults) -> Encoding | None:
+    if s.range is not None:
+        return _from_settings(s, *s.range, defaults)
+    if stats is None:
+        return None  # not calibrated yet
+    lo, hi = choose_range(stats, s.scheme, bw=s.bw, symmetric=s.symmetric, percentile=s.percentile)
+    return _from_settings(s, lo, hi, defaults)
+
+
+def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults: Defaults) -> Encoding:
+    if s.range is not None:
+        return _from_settings(s, *s.range, defaults)
+    if s.per_channel and axis is not None and values.ndim > axis:
+        if s.scheme == "tf":
+            others = tuple(i for i in range(values.ndim) if i != axis)
+            lo, hi = values.min(axis=others), values.max(axis=others)
+        else:
+            ranges = [
+                choose_range(c, s.scheme, bw=s.bw, symmetric=True, percentile=s.percentile)
+                for c in channel_stats(values, axis)
+            ]
+            lo, hi = np.array(ranges).T
+        return _from_settings(s, lo, hi, defaults, axis=axis)
+    stats = TensorStats.of(values)
+    lo, hi = choose_range(stats, s.scheme, bw=s.bw, symmetric=s.symmetric, percentile=s.percentile)
+    return _from_settings(s, lo, hi, defaults)
+
+
+def _bias_encoding(s, values, in_enc, w_enc, defaults) -> Encoding:
+    if w_enc is not None and w_enc.is_float:
+        return float_encoding(w_enc.bw)  # QNN: a float weight makes the whole op float
+    if s.bw != 32 or s.range is not None:
+        return _weight_encoding(replace(s, per_channel=False), values, None, defaults)
+    if in_enc is not None and w_enc is not None and not in_enc.is_float and len(in_enc.scale) == 1:
+        return bias_encoding(in_enc.scale[0], w_enc.scales, axis=0)
+    # No input or weight scale to multiply: AIMET's fallback from the bias values themselves.
+    scale = max(float(np.abs(values).max(initial=0.0)) / 2**31, MIN_BIAS_SCALE)
+    return Encoding(bw=32, scale=(scale,), offset=(-(2**31),), symmetric=True)
+
+
+def derive_encodings(index, stats: dict[str, TensorStats], plan: PrecisionPlan) -> dict[str, Encoding]:
+    """Encodings of every quantizer position that has what it needs (stats for activations).
+
+    `index` is a ModelIndex; `stats` maps activation names to their calibration statistics.
+    """
+    encodings: dict[str, Encoding] = {}
+    biases = []
+    for name, target in index.targets.items():
+        s = plan.settings(target.kind, name)
+        if s.encoding is not None:
+            encodings[name] = s.encoding
+            if target.kind == "bias":
+                continue
+        elif s.dtype == "float":
+            encodings[name] = float_encoding(s.bw)
+        elif target.kind == "activation":
+            enc = _activation_encoding(s, stats.get(name), plan.defaults)
+            if enc is not None:
+                encodings[name] = enc
+        elif target.kind == "weight":
+            encodings[name] = _weight_encoding(s, index.initializer(name), target.axis, plan.defaults)
+        else:
+            biases.append((name, target, s))
+    for name, target, s in biases:
+        in_enc = w_enc = None
+        if target.bias_inputs:
+            act, weight = target.bias_inputs
+            in_enc = encodings.get(index.encoding_source(act))
+            w_enc = encodings.get(weight)
+        encodings[name] = _bias_encoding(s, index.initializer(name), in_enc, w_enc, plan.defaults)
+    return encodings

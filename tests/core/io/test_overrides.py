@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import pytest
+
+from qinspect.core.encoding import compute_encoding, float_encoding
+from qinspect.core.errors import OverridesError
+from qinspect.core.io.overrides import (
+    VERSIONS,
+    apply_overrides,
+    overrides_dict,
+    parse_overrides,
+    read_overrides,
+    write_overrides,
+)
+from qinspect.core.model import load_model
+from qinspect.core.plan import PrecisionPlan, derive_encodings
+from qinspect.core.stats import TensorStats
+from tests.models import small_cnn
+
+
+@pytest.fixture
+def index():
+    return load_model(small_cnn())
+
+
+@pytest.fixture
+def encodings(index):
+    rng = np.random.default_rng(1)
+    stats = {name: TensorStats.of(rng.standard_normal(500) * (i + 1)) for i, name in enumerate(index.activations())}
+    plan = PrecisionPlan()
+    plan.set("conv2_out", bw=16)
+    plan.set("sig_out", dtype="float", bw=16)
+    plan.set("logits", symmetric=True)
+    plan.set("conv2.weight", bw=4)
+    return derive_encodings(index, stats, plan)
+
+
+def kinds(index, encodings):
+    return {name: index.targets[name].kind for name in encodings}
+
+
+def same(a, b):
+    assert a.bw == b.bw and a.dtype == b.dtype
+    if a.is_float:
+        return
+    assert a.symmetric == b.symmetric
+    assert a.offset == b.offset
+    np.testing.assert_allclose(a.scale, b.scale, rtol=1e-9)
+    assert (a.axis is None) == (b.axis is None)
+    if a.axis is not None:
+        assert a.axis == b.axis
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_round_trip_every_version(tmp_path, index, encodings, version):
+    path = write_overrides(tmp_path / f"enc_{version}.json", encodings, kinds(index, encodings), version)
+    back, warnings = read_overrides(path, index)
+    assert warnings == []
+    expected = {n: e for n, e in encodings.items() if not (version == "2.0.0" and e.is_float)}
+    assert set(back) == set(expected)
+    for name, enc in expected.items():
+        same(enc, back[name])
+
+
+def test_0_6_1_layout_and_per_channel(index, encodings):
+    doc = overrides_dict(encodings, kinds(index, encodings), "0.6.1")
+    assert set(doc["activation_encodings"]) == set(index.activations()) & set(encodings)
+    conv1 = doc["param_encodings"]["conv1.weight"]
+    assert len(conv1) == 4
+    for entry in conv1:
+        assert entry["is_symmetric"] == "True" and entry["offset"] == -128
+        assert entry["min"] == pytest.approx(entry["offset"] * entry["scale"])
+        assert entry["max"] == pytest.approx(entry["min"] + 255 * entry["scale"])
+    assert doc["activation_encodings"]["sig_out"] == [{"bitwidth": 16, "dtype": "float"}]
+    assert doc["param_encodings"]["conv1.bias"][0]["bitwidth"] == 32
+
+
+def test_2_0_0_zero_points(index, encodings):
+    doc = overrides_dict(encodings, kinds(index, encodings), "2.0.0")
+    by_name = {e["name"]: e for e in doc["encodings"]}
+    assert "sig_out" not in by_name  # float tensors have no entry
+    act = encodings["input"]
+    assert by_name["input"]["output_dtype"] == "uint8"
+    assert by_name["input"]["y_zero_point"] == -act.offset[0]
+    w = by_name["conv1.weight"]
+    assert w["output_dtype"] == "int8" and w["axis"] == 0 and "y_zero_point" not in w
+    assert by_name["conv2.weight"]["output_dtype"] == "int4"
+    assert by_name["conv1.bias"]["output_dtype"] == "int32"
+
+
+def test_0_6_1_worked_example_entry():
+    enc = compute_encoding(-1.8, 0.5, 8)
+    doc = overrides_dict({"input": enc}, {"input": "activation"}, "0.6.1")
+    entry = doc["activation_encodings"]["input"][0]
+    assert entry["offset"] == -200 and entry["is_symmetric"] == "False"
+    assert entry["min"] == pytest.approx(-1.8039215686274508)
+    assert entry["max"] == pytest.approx(0.49607843137254903)
+    assert entry["scale"] == pytest.approx(0.009019607843137253)
+
+
+def test_partial_override_applies_on_defaults(tmp_path, index, encodings):
+    partial = {
+        "version": "0.6.1",
+        "activation_encodings": {"conv2_out": [{"bitwidth": 16, "dtype": "float"}]},
+        "param_encodings": {},
+    }
+    path = tmp_path / "user.json"
+    path.write_text(json.dumps(partial))
+    read, _ = read_overrides(path, index)
+    plan = PrecisionPlan()
+    apply_overrides(plan, read)
+    rng = np.random.default_rng(0)
+    stats = {name: TensorStats.of(rng.standard_normal(100)) for name in index.activations()}
+    derived = derive_encodings(index, stats, plan)
+    assert derived["conv2_out"] == float_encoding(16)
+    assert derived["input"].bw == 8 and not derived["input"].is_float
+    assert plan.edited() == ["conv2_out"]
+
+
+def test_errors_list_every_offending_entry(tmp_path, index):
+    doc = {
+        "version": "0.6.1",
+        "activation_encodings": {
+            "nope_a": [{"bitwidth": 8, "dtype": "int", "min": -1, "max": 1, "is_symmetric": "False"}],
+            "input": [{"bitwidth": 7, "dtype": "int", "min": -1, "max": 1}],
+            "conv2_out": [{"bitwidth": 8, "dtype": "int", "min": 2, "max": 1}],
+        },
+        "param_encodings": {"nope_b": [{"bitwidth": 16, "dtype": "float"}]},
+    }
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(OverridesError) as err:
+        read_overrides(path, index)
+    message = str(err.value)
+    for needle in ("bad.json", "nope_a", "nope_b", "input: bitwidth 7", "conv2_out: min 2"):
+        assert needle in message
+
+
+def test_channel_count_mismatch(index):
+    doc = {"version": "1.0.0", "activation_encodings": [], "param_encodings": [
+        {"name": "conv1.weight", "dtype": "INT", "enc_type": "PER_CHANNEL", "bw": 8, "is_sym": True,
+         "scale": [0.1, 0.1], "offset": [-128.0, -128.0]}]}
+    with pytest.raises(OverridesError, match="conv1.weight: 2 channel encodings but the tensor has 4"):
+        parse_overrides(doc, index)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [("{not json", "not valid JSON"), ('{"version": "9.9.9"}', "unknown version"), ("[1, 2]", "JSON object")],
+)
+def test_invalid_files(tmp_path, index, text, needle):
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    with pytest.raises(OverridesError, match=needle):
+        read_overrides(path, index)
+
+
+def test_non_target_names_are_warnings(index):
+    doc = {"version": "0.6.1", "activation_encodings": {"pool_out": [{"bitwidth": 16, "dtype": "float"}]}, "param_encodings": {}}
+    encodings, warnings = parse_overrides(doc, index)
+    assert encodings == {} and "pool_out" in warnings[0]
+
+
+def test_write_refuses_input_and_missing_folder(tmp_path):
+    enc = {"t": compute_encoding(-1, 1)}
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    from qinspect.core.errors import QInspectError
+
+    with pytest.raises(QInspectError, match="input file"):
+        write_overrides(model, enc, {"t": "activation"}, protect=[model])
+    assert model.read_bytes() == b"model"
+    with pytest.raises(QInspectError, match="does not exist"):
+        write_overrides(tmp_path / "missing" / "x.json", enc, {"t": "activation"})

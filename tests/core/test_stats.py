@@ -1,0 +1,160 @@
+"""TensorStats: streaming histogram growth, merging, non-finite values and serialisation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qinspect.core.stats import TensorStats, channel_stats, rebin
+
+
+def _batches(x: np.ndarray, n: int):
+    return np.array_split(x, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_small_batches_equal_one_histogram_over_final_edges(dtype):
+    rng = np.random.default_rng(0)
+    # Batches that widen the range to both sides over time, so the histogram grows many times.
+    spreads = [(0.01, 0), (0.1, 1), (1, -2), (5, 3), (50, -20)]
+    x = np.concatenate([rng.normal(scale=s, size=500) + m for s, m in spreads])
+    x = x.astype(dtype)
+    stats = TensorStats(bins=256)
+    for batch in _batches(x, 200):
+        stats.update(batch)
+    assert stats.count == x.size
+    assert stats.counts.sum() == x.size
+    assert stats.min == x.min() and stats.max == x.max()
+    assert stats.lo <= stats.min and stats.hi >= stats.max
+    ref, _ = np.histogram(x.astype(np.float64), bins=stats.edges)
+    assert np.max(np.abs(stats.counts - ref)) <= 1
+
+
+def test_growth_keeps_total_count_and_old_counts_in_place():
+    stats = TensorStats(bins=64)
+    stats.update(np.linspace(0.0, 1.0, 1000))
+    before = stats.counts.copy()
+    stats.update(np.array([3.5]))  # grows to the right only
+    assert stats.count == 1001 and stats.counts.sum() == 1001
+    # Old bins merged whole: pairs (factor 2 or more) of old bins sum into one new bin.
+    assert stats.lo == 0.0 and stats.hi >= 3.5
+    factor = round((stats.hi - stats.lo) / 1.0)
+    assert np.allclose(stats.counts[: 64 // factor], before.reshape(-1, factor).sum(axis=1))
+
+
+@pytest.mark.parametrize("new", [[-0.5], [-100.0, -90.0], [50.0, 60.0], [-1e4, 1e4]])
+def test_growth_to_either_side_covers_old_and_new(new):
+    # A batch wholly left of the current range used to give an index error (the grown range
+    # was sized from the new batch's max only and did not cover the old range).
+    stats = TensorStats(bins=128)
+    old = np.linspace(0.0, 1.0, 300)
+    stats.update(old)
+    stats.update(np.asarray(new))
+    everything = np.concatenate([old, new])
+    assert stats.count == everything.size and stats.counts.sum() == everything.size
+    assert stats.lo <= everything.min() and stats.hi >= everything.max()
+    ref, _ = np.histogram(everything, bins=stats.edges)
+    assert np.max(np.abs(stats.counts - ref)) <= 1
+
+
+def _coarse(stats: TensorStats, edges: np.ndarray) -> np.ndarray:
+    return rebin(stats.counts, stats.edges, edges)
+
+
+def test_merge_of_shards_equals_stats_of_concatenation():
+    rng = np.random.default_rng(3)
+    a = rng.normal(loc=-1.0, scale=0.5, size=20000)
+    b = rng.gamma(2.0, 2.0, size=30000)
+    merged = TensorStats.of(a)
+    merged.merge(TensorStats.of(b))
+    whole = TensorStats.of(np.concatenate([a, b]))
+    assert merged.count == whole.count == a.size + b.size
+    assert merged.min == whole.min and merged.max == whole.max
+    assert merged.counts.sum() == pytest.approx(whole.count)
+    # Histograms agree after rebinning onto a common coarse grid (proportional spreading moves
+    # at most part of one fine bin across each coarse edge).
+    edges = np.linspace(whole.min, whole.max, 65)
+    diff = np.abs(_coarse(merged, edges) - _coarse(whole, edges))
+    assert diff.max() <= 0.005 * whole.count
+
+
+def test_merge_into_empty_and_of_empty():
+    x = np.arange(10.0)
+    empty = TensorStats(bins=32)
+    empty.merge(TensorStats.of(x, bins=32))
+    ref = TensorStats.of(x, bins=32)
+    assert empty.count == 10 and empty.min == 0 and empty.max == 9
+    np.testing.assert_allclose(empty.counts, ref.counts)
+    nan_only = TensorStats.of(np.array([np.nan, np.inf]), bins=32)
+    ref.merge(nan_only)
+    assert ref.count == 10 and ref.nan_count == 1 and ref.posinf_count == 1
+
+
+def test_nan_and_inf_are_counted_and_never_reach_min_max():
+    stats = TensorStats()
+    stats.update(np.array([1.0, np.nan, -2.0, np.inf, 3.0, -np.inf, np.nan], dtype=np.float32))
+    assert stats.count == 3
+    assert (stats.nan_count, stats.posinf_count, stats.neginf_count) == (2, 1, 1)
+    assert stats.nonfinite_count == 4
+    assert stats.min == -2.0 and stats.max == 3.0
+    assert np.isfinite(stats.lo) and np.isfinite(stats.hi)
+    assert stats.counts.sum() == 3
+
+
+def test_all_nan_batch_leaves_count_zero():
+    stats = TensorStats(bins=16)
+    stats.update(np.full(5, np.nan))
+    assert stats.count == 0 and stats.empty and stats.nan_count == 5
+    assert stats.counts.sum() == 0
+    assert stats.clipped_fraction(-1.0, 1.0) == 0.0
+    # Later finite data starts the histogram normally.
+    stats.update(np.array([1.0, 2.0]))
+    assert stats.count == 2 and stats.min == 1.0 and stats.max == 2.0
+
+
+def test_constant_data_gets_a_usable_histogram():
+    stats = TensorStats.of(np.full(100, 2.5))
+    assert stats.min == stats.max == 2.5
+    assert stats.lo < 2.5 < stats.hi
+    assert stats.counts.sum() == 100
+
+
+def test_to_dict_from_dict_round_trip():
+    rng = np.random.default_rng(4)
+    stats = TensorStats(bins=64)
+    stats.update(np.concatenate([rng.normal(size=1000), [np.nan, np.inf, -np.inf]]))
+    stats.update(rng.normal(loc=5, size=100))
+    d = json.loads(json.dumps(stats.to_dict()))
+    back = TensorStats.from_dict(d)
+    for key in ("bins", "count", "nan_count", "posinf_count", "neginf_count", "min", "max", "lo", "hi"):
+        assert getattr(back, key) == getattr(stats, key), key
+    np.testing.assert_array_equal(back.counts, stats.counts)
+    # Empty statistics round-trip too (min/max serialised as None).
+    empty = TensorStats.from_dict(json.loads(json.dumps(TensorStats(bins=8).to_dict())))
+    assert empty.empty and empty.min == np.inf and empty.max == -np.inf
+
+
+def test_clipped_fraction():
+    x = np.linspace(-1.0, 1.0, 100001)
+    stats = TensorStats.of(x)
+    assert stats.clipped_fraction(-1.0, 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert stats.clipped_fraction(-0.5, 0.5) == pytest.approx(0.5, abs=1e-3)
+    assert stats.clipped_fraction(0.0, 1.0) == pytest.approx(0.5, abs=1e-3)
+    assert stats.clipped_fraction(-2.0, 2.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_rebin_keeps_total():
+    counts = np.array([1.0, 2.0, 3.0, 4.0])
+    edges = np.linspace(0.0, 4.0, 5)
+    out = rebin(counts, edges, np.linspace(-1.0, 5.0, 13))
+    assert out.sum() == pytest.approx(counts.sum())
+    np.testing.assert_allclose(rebin(counts, edges, edges), counts)
+
+
+def test_channel_stats():
+    w = np.arange(24.0).reshape(2, 3, 4)
+    per = channel_stats(w, axis=1, bins=16)
+    assert len(per) == 3
+    for c, s in enumerate(per):
+        assert s.min == w[:, c].min() and s.max == w[:, c].max() and s.count == 8
