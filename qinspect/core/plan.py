@@ -265,30 +265,51 @@ def _bias_encoding(s, values, in_enc, w_enc, defaults) -> Encoding:
     return Encoding(bw=32, scale=(scale,), offset=(-(2**31),), symmetric=True)
 
 
-def derive_encodings(index, stats: dict[str, TensorStats], plan: PrecisionPlan) -> dict[str, Encoding]:
+def derive_encodings(
+    index,
+    stats: dict[str, TensorStats],
+    plan: PrecisionPlan,
+    names=None,
+    known: dict[str, Encoding] | None = None,
+) -> dict[str, Encoding]:
     """Encodings of every quantizer position that has what it needs (stats for activations).
 
     `index` is a ModelIndex; `stats` maps activation names to their calibration statistics.
+    With `names` and `known` (the previous result), only those tensors and the biases that depend
+    on them are recomputed; everything else is taken from `known`.
     """
-    encodings: dict[str, Encoding] = {}
+    if names is None or known is None:
+        todo = set(index.targets)
+        encodings: dict[str, Encoding] = {}
+    else:
+        todo = set(names)
+        encodings = {n: e for n, e in known.items() if n not in todo}
     biases = []
     for name, target in index.targets.items():
+        if target.kind == "bias":
+            if name in todo or (target.bias_inputs and todo & _bias_sources(index, target)):
+                encodings.pop(name, None)
+                biases.append((name, target))
+            continue
+        if name not in todo:
+            continue
+        encodings.pop(name, None)
         s = plan.settings(target.kind, name)
         if s.encoding is not None:
             encodings[name] = s.encoding
-            if target.kind == "bias":
-                continue
         elif s.dtype == "float":
             encodings[name] = float_encoding(s.bw)
         elif target.kind == "activation":
             enc = _activation_encoding(s, stats.get(name), plan.defaults)
             if enc is not None:
                 encodings[name] = enc
-        elif target.kind == "weight":
-            encodings[name] = _weight_encoding(s, index.initializer(name), target.axis, plan.defaults)
         else:
-            biases.append((name, target, s))
-    for name, target, s in biases:
+            encodings[name] = _weight_encoding(s, index.initializer(name), target.axis, plan.defaults)
+    for name, target in biases:
+        s = plan.settings("bias", name)
+        if s.encoding is not None:
+            encodings[name] = s.encoding
+            continue
         in_enc = w_enc = None
         if target.bias_inputs:
             act, weight = target.bias_inputs
@@ -296,3 +317,8 @@ def derive_encodings(index, stats: dict[str, TensorStats], plan: PrecisionPlan) 
             w_enc = encodings.get(weight)
         encodings[name] = _bias_encoding(s, index.initializer(name), in_enc, w_enc, plan.defaults)
     return encodings
+
+
+def _bias_sources(index, target) -> set[str]:
+    act, weight = target.bias_inputs
+    return {index.encoding_source(act), weight}

@@ -1,0 +1,94 @@
+"""Every user edit is a command on a Project, so that it can be undone and redone (glue's pattern)."""
+from __future__ import annotations
+
+from typing import Callable
+
+MAX_UNDO = 200
+
+
+class Command:
+    label = "edit"
+
+    def do(self, project) -> None:
+        raise NotImplementedError
+
+    def undo(self, project) -> None:
+        raise NotImplementedError
+
+
+class EditTensors(Command):
+    """Set the same fields (bw, dtype, scheme, range, ...) on one or more tensors."""
+
+    def __init__(self, names, label: str | None = None, **changes):
+        self.names = list(names)
+        self.changes = changes
+        self.previous = None
+        what = ", ".join(f"{k}={v}" for k, v in changes.items())
+        target = self.names[0] if len(self.names) == 1 else f"{len(self.names)} tensors"
+        self.label = label or f"set {what} on {target}"
+
+    def do(self, project) -> None:
+        self.previous = project.apply_edit(self.names, self.changes)
+
+    def undo(self, project) -> None:
+        project.restore_edits(self.previous)
+
+
+class CommandStack:
+    """Undo/redo history. `push` runs the command; a failing command is not recorded."""
+
+    def __init__(self, project, max_undo: int = MAX_UNDO):
+        self.project = project
+        self.max_undo = max_undo
+        self._done: list[Command] = []
+        self._undone: list[Command] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def push(self, command: Command) -> None:
+        command.do(self.project)
+        self._done.append(command)
+        del self._done[: -self.max_undo]
+        self._undone.clear()
+        self._emit()
+
+    def undo(self) -> None:
+        if self._done:
+            command = self._done.pop()
+            command.undo(self.project)
+            self._undone.append(command)
+            self._emit()
+
+    def redo(self) -> None:
+        if self._undone:
+            command = self._undone.pop()
+            command.do(self.project)
+            self._done.append(command)
+            self._emit()
+
+    def clear(self) -> None:
+        self._done.clear()
+        self._undone.clear()
+        self._emit()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    @property
+    def undo_label(self) -> str:
+        return self._done[-1].label if self._done else ""
+
+    @property
+    def redo_label(self) -> str:
+        return self._undone[-1].label if self._undone else ""

@@ -1,0 +1,1 @@
+"""PySide6 + pyqtgraph adapters over the Qt-free core."""
