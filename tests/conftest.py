@@ -20,5 +20,4 @@ def messages(monkeypatch):
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):
     """Each test starts from default QSettings (recent files etc.) in its own folder."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QINSPECT_CONFIG_DIR", str(tmp_path / "config"))

@@ -34,6 +34,21 @@ class EditTensors(Command):
         project.restore_edits(self.previous)
 
 
+class SetEdits(Command):
+    """Different changes for different tensors in one step (an imported file, a preset)."""
+
+    def __init__(self, changes_by_name: dict[str, dict], label: str):
+        self.changes_by_name = dict(changes_by_name)
+        self.previous = None
+        self.label = label
+
+    def do(self, project) -> None:
+        self.previous = project.apply_edits(self.changes_by_name)
+
+    def undo(self, project) -> None:
+        project.restore_edits(self.previous)
+
+
 class CommandStack:
     """Undo/redo history. `push` runs the command; a failing command is not recorded."""
 

@@ -84,20 +84,24 @@ class Project:
 
     # --- edits (called by commands, so that every edit can be undone) --------------------------
     def apply_edit(self, names: list[str], changes: dict) -> dict[str, TensorEdit]:
-        """Apply the same changes to several tensors; returns their previous edits for undo.
+        """Apply the same changes to several tensors; returns their previous edits for undo."""
+        return self.apply_edits({name: changes for name in names})
+
+    def apply_edits(self, changes_by_name: dict[str, dict]) -> dict[str, TensorEdit]:
+        """Apply per-tensor changes; returns the previous edits for undo.
 
         All edits are checked first, so a bad value changes nothing.
         """
         problems = []
-        for name in names:
+        for name, changes in changes_by_name.items():
             if self.index is not None and name not in self.index.targets:
                 problems.append(f"{name}: not a quantized tensor of this model")
                 continue
             problems += check_edit(name, replace(self.plan.edit(name), **changes))
         if problems:
             raise ValueError("; ".join(problems))
-        previous = {name: self.plan.set(name, **changes) for name in names}
-        self._changed(names)
+        previous = {name: self.plan.set(name, **changes) for name, changes in changes_by_name.items()}
+        self._changed(list(changes_by_name))
         return previous
 
     def restore_edits(self, edits: dict[str, TensorEdit]) -> None:

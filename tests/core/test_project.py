@@ -89,3 +89,14 @@ def test_size_bytes(project):
     assert 0 < q < f
     project.apply_edit(project.index.weights(), {"bw": 16})
     assert project.size_bytes()[0] > q
+
+
+def test_set_edits_is_one_undoable_step(project):
+    from qinspect.core.commands import SetEdits
+
+    stack = CommandStack(project)
+    original = dict(project.encodings)
+    stack.push(SetEdits({"logits": {"bw": 16}, "input": {"dtype": "float"}}, "import"))
+    assert project.encodings["logits"].bw == 16 and project.encodings["input"].is_float
+    stack.undo()
+    assert project.encodings == original
