@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-SUBCOMMANDS = ("calibrate",)
+SUBCOMMANDS = ("calibrate", "export", "compare")
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
 
 
@@ -77,6 +77,143 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
     p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a QDQ ONNX model from an encodings file")
+    p.add_argument("model", help="the float ONNX model")
+    p.add_argument("--encodings", required=True, metavar="ENC.json",
+                   help="an encodings/overrides JSON (0.6.1, 1.0.0 or 2.0.0)")
+    p.add_argument("--qdq", metavar="OUT.onnx", help="the QDQ ONNX model to write")
+    p.add_argument("--ort-overrides", metavar="OUT.json", help="also write onnxruntime TensorQuantOverrides (JSON)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print warnings only")
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="run float and quantized side by side and report the error per tensor")
+    p.add_argument("model", help="the float ONNX model")
+    p.add_argument("--encodings", required=True, metavar="ENC.json",
+                   help="an encodings/overrides JSON (0.6.1, 1.0.0 or 2.0.0)")
+    p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("-o", "--output", metavar="REPORT.html", help="write an HTML report")
+    p.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="tensors listed in the text summary (default 10)")
+    p.add_argument("--sensitivity", action="store_true", help="rank tensors by sensitivity (not implemented yet)")
+    p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
+    p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
+    p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _read_encodings(path, index) -> dict:
+    from .core.io.overrides import read_overrides
+
+    encodings, warnings = read_overrides(path, index)
+    for w in warnings:
+        print(f"qinspect: warning: {path}: {w}", file=sys.stderr)
+    if not encodings:
+        raise _Usage(f"{path}: holds no encodings for this model; write one with qinspect calibrate")
+    return encodings
+
+
+def _check_providers(providers) -> None:
+    if providers:
+        from .core.calibrate import available_providers
+
+        missing = [p for p in providers if p not in available_providers()]
+        if missing:
+            raise _Usage(f"execution provider(s) {', '.join(missing)} not in this onnxruntime; have {available_providers()}")
+
+
+def run_export(args) -> int:
+    from .core.model import load_model
+
+    if not args.qdq and not args.ort_overrides:
+        raise _Usage("nothing to export: give --qdq OUT.onnx and/or --ort-overrides OUT.json")
+    index = load_model(args.model)
+    encodings = _read_encodings(args.encodings, index)
+    protect = [args.model, args.encodings]
+    if args.qdq:
+        from .core.io.qdq import export_qdq
+
+        report = export_qdq(index, encodings, args.qdq, protect=protect)
+        for line in report.lines():
+            if not args.quiet or line.startswith("warning"):
+                print(line if line.startswith("wrote") else f"qinspect: {line}", file=sys.stderr)
+    if args.ort_overrides:
+        from .core.io.ort_overrides import write_ort_overrides
+
+        out = write_ort_overrides(args.ort_overrides, index, encodings, protect=protect + [args.qdq])
+        if not args.quiet:
+            print(f"wrote {out}: onnxruntime TensorQuantOverrides (pass with qinspect.core.io.ort_overrides."
+                  "read_ort_overrides to quantize_static)", file=sys.stderr)
+    return 0
+
+
+def _summary(comparison, top: int) -> str:
+    from .core.io.report import _db
+
+    def db(v):
+        return _db(v).replace("&ndash;", "-").replace("&infin;", "inf")
+
+    lines = []
+    c = comparison
+    if c.accuracy_float is not None:
+        lines.append(f"accuracy: float {100 * c.accuracy_float:.2f}%  quantized {100 * c.accuracy_quantized:.2f}%  "
+                     f"({100 * (c.accuracy_quantized - c.accuracy_float):+.2f} points, {c.samples} samples)")
+    for o in c.outputs.values():
+        lines.append(f"output {o.name}: SQNR {db(o.sqnr_db)} dB, relative error {o.rel_error:.3g}")
+    worst = c.worst(top)
+    if worst:
+        width = max(len(t.name) for t in worst)
+        lines.append(f"worst {len(worst)} of {len(c.tensors)} tensors (SQNR dB at the tensor / of its own quantizer):")
+        for t in worst:
+            lines.append(f"  {t.name:<{width}}  {t.kind:<10} {t.encoding:<10} {db(t.sqnr_db):>7} "
+                         f"{db(t.local_sqnr_db):>7}  rel {t.rel_error:.3g}")
+    return "\n".join(lines)
+
+
+def run_compare(args) -> int:
+    import json
+
+    from .core.analysis import compare
+    from .core.data import open_data
+    from .core.model import load_model
+    from .core.progress import NullProgress
+
+    if args.sensitivity:
+        raise _Usage("--sensitivity is not implemented yet; run compare without it")
+    if args.samples is not None and args.samples < 1:
+        raise _Usage("--samples must be at least 1")
+    if args.batch_size < 1:
+        raise _Usage("--batch-size must be at least 1")
+    _check_providers(args.provider)
+    index = load_model(args.model)
+    encodings = _read_encodings(args.encodings, index)
+    data = open_data(args.data, index.inputs, samples=args.samples, image_size=args.image_size, mean=args.mean,
+                     std=args.std, layout=args.layout, channels=args.channels)
+    progress = NullProgress() if args.quiet else TerminalProgress(label="comparing")
+    with data:
+        result = compare(index, encodings, data, progress=progress, batch_size=args.batch_size,
+                         providers=args.provider or None)
+    if args.output:
+        from .core.io.report import write_report
+
+        out = write_report(args.output, result, protect=[args.model, args.encodings, args.data],
+                           model=args.model, data=args.data, encodings_file=args.encodings)
+        if not args.quiet:
+            print(f"wrote {out}", file=sys.stderr)
+    if args.json:
+        doc = {"model": args.model, "encodings": args.encodings, "data": args.data, **result.to_dict()}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_summary(result, args.top))
+    return 0
 
 
 def run_calibrate(args) -> int:
@@ -188,11 +325,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="qinspect")
     sub = parser.add_subparsers(dest="command", required=True)
     _calibrate_parser(sub)
+    _export_parser(sub)
+    _compare_parser(sub)
     args = parser.parse_args(argv)
     from .core.errors import Cancelled, QInspectError
 
     try:
-        return {"calibrate": run_calibrate}[args.command](args)
+        return {"calibrate": run_calibrate, "export": run_export, "compare": run_compare}[args.command](args)
     except _Usage as exc:
         print(f"qinspect: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,168 @@
+"""The plan as onnxruntime's `TensorQuantOverrides` (the `extra_options` of `quantize_static`).
+
+`ort_tensor_quant_overrides(index, encodings)` gives the dict onnxruntime takes: tensor name -> a
+list with one dict (per tensor) or one dict per channel (the first carrying ``axis``), each with
+``quant_type`` (a `QuantType`), ``scale`` (numpy float32) and ``zero_point`` (numpy, of the storage
+type), mapped from qinspect's encodings as the QDQ exporter maps them (spec 4.2).
+
+What onnxruntime's quantizer cannot be told this way:
+- biases: onnxruntime derives int32 biases from input scale x weight scale itself (our rule too);
+  `ort_quantize_kwargs` sets ``QDQDisableWeightAdjustForInt32Bias`` so it keeps our weight scales;
+- float16/float32 tensors: there is no "keep float" override; `ort_quantize_kwargs` lists their
+  nodes in ``nodes_to_exclude``, which is coarser (a whole node stays float).
+
+`write_ort_overrides` stores the same thing as JSON (types as names, numbers as numbers) and
+`read_ort_overrides` turns such a file back into keyword arguments for `quantize_static`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..encoding import Encoding
+from ..errors import OverridesError
+from .files import atomic_write
+from .qdq import QParams, complete_encodings, onnx_qparams, opset_of
+
+FORMAT = "onnxruntime-tensor-quant-overrides"
+QUANT_TYPES = {  # (bits, signed) -> onnxruntime QuantType name
+    (4, False): "QUInt4", (4, True): "QInt4", (8, False): "QUInt8", (8, True): "QInt8",
+    (16, False): "QUInt16", (16, True): "QInt16",
+}
+_NP = {"QUInt4": np.uint8, "QInt4": np.int8, "QUInt8": np.uint8, "QInt8": np.int8,
+       "QUInt16": np.uint16, "QInt16": np.int16}
+
+
+def _entries(qp: QParams, axis: int | None) -> list[dict]:
+    qtype = QUANT_TYPES[(qp.bw, qp.signed)]
+    scales = np.atleast_1d(qp.scale)
+    zps = np.atleast_1d(qp.zero_point)
+    if axis is None:
+        return [{"quant_type": qtype, "scale": float(scales[0]), "zero_point": int(zps[0])}]
+    rows = [{"quant_type": qtype, "scale": float(s), "zero_point": int(z)} for s, z in zip(scales, zps)]
+    rows[0]["axis"] = int(axis)
+    return rows
+
+
+def _plain(index, encodings: dict[str, Encoding]) -> tuple[dict, list[str], list[str]]:
+    """JSON-friendly overrides, nodes to exclude, and notes."""
+    encodings = complete_encodings(index, encodings)
+    overrides: dict[str, list[dict]] = {}
+    exclude: list[str] = []
+    floats, unexpressible = [], []
+    for name, target in index.targets.items():
+        enc = encodings.get(name)
+        if enc is None or target.kind == "bias":
+            continue
+        if enc.is_float:
+            floats.append(name)
+            nodes = [target.node] if target.kind == "activation" and target.node else []
+            if target.kind != "activation":
+                nodes = list(index.tensors[name].consumers)
+            exclude += [n for n in nodes if n not in exclude]
+            continue
+        qp = onnx_qparams(enc)
+        if qp is None or (qp.bw, qp.signed) not in QUANT_TYPES:
+            unexpressible.append(name)
+            continue
+        overrides[name] = _entries(qp, qp.axis)
+    for alias in index.aliases:  # data-movement outputs: explicitly the source's parameters
+        enc = encodings.get(index.encoding_source(alias))
+        if alias not in overrides and enc is not None and not enc.is_float and not enc.per_channel:
+            qp = onnx_qparams(enc)
+            if qp is not None and (qp.bw, qp.signed) in QUANT_TYPES:
+                overrides[alias] = _entries(qp, None)
+    notes = []
+    if floats:
+        notes.append(f"{len(floats)} tensor(s) stay float; their nodes are in nodes_to_exclude: {', '.join(floats[:6])}")
+    if unexpressible:
+        notes.append(f"no onnxruntime quant type for: {', '.join(unexpressible[:6])}")
+    return overrides, exclude, notes
+
+
+def _to_ort(plain: dict) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    out = {}
+    for name, rows in plain.items():
+        converted = []
+        for row in rows:
+            qtype = row["quant_type"]
+            if qtype not in _NP:
+                raise OverridesError(f"{name}: unknown quant_type {qtype!r}; use one of {sorted(_NP)}")
+            r = {"quant_type": QuantType[qtype], "scale": np.array(row["scale"], np.float32),
+                 "zero_point": np.array(row["zero_point"], _NP[qtype])}
+            if "axis" in row:
+                r["axis"] = int(row["axis"])
+            converted.append(r)
+        out[name] = converted
+    return out
+
+
+def ort_tensor_quant_overrides(index, encodings: dict[str, Encoding]) -> dict:
+    """`TensorQuantOverrides` for onnxruntime's `quantize_static` (QuantType and numpy values)."""
+    return _to_ort(_plain(index, encodings)[0])
+
+
+def ort_quantize_kwargs(index, encodings: dict[str, Encoding]) -> dict:
+    """Keyword arguments for `quantize_static(model_in, model_out, reader, **kwargs)`."""
+    plain, exclude, _ = _plain(index, encodings)
+    return _kwargs(_to_ort(plain), exclude, _extra(index, plain))
+
+
+def _extra(index, plain: dict) -> dict:
+    """Options onnxruntime needs besides the overrides."""
+    extra = {"QDQDisableWeightAdjustForInt32Bias": True}
+    types = {row["quant_type"] for rows in plain.values() for row in rows}
+    # 4-bit types before opset 21 need com.microsoft Q/DQ (16-bit ones make onnxruntime move the
+    # model to opset 21 itself). onnxruntime 1.31 validates only the first tensor's overrides, so
+    # it misses a 4-bit weight further down: say it explicitly.
+    if types & {"QInt4", "QUInt4"} and not types & {"QInt16", "QUInt16"} and opset_of(index.model) < 21:
+        extra["UseQDQContribOps"] = True
+    return extra
+
+
+def _kwargs(overrides: dict, exclude: list[str], extra: dict) -> dict:
+    per_channel = any("axis" in rows[0] for rows in overrides.values())
+    return {
+        "extra_options": {"TensorQuantOverrides": overrides, **extra},
+        "nodes_to_exclude": list(exclude),
+        "per_channel": per_channel,
+    }
+
+
+def ort_overrides_dict(index, encodings: dict[str, Encoding]) -> dict:
+    plain, exclude, notes = _plain(index, encodings)
+    return {
+        "format": FORMAT,
+        "producer": "qinspect",
+        "TensorQuantOverrides": plain,
+        "nodes_to_exclude": exclude,
+        "extra_options": _extra(index, plain),
+        "notes": notes,
+    }
+
+
+def write_ort_overrides(path, index, encodings: dict[str, Encoding], *, protect=()) -> Path:
+    """Write the overrides as JSON, atomically."""
+    doc = ort_overrides_dict(index, encodings)
+    return atomic_write(path, json.dumps(doc, indent=2) + "\n", protect=protect)
+
+
+def read_ort_overrides(path) -> dict:
+    """Keyword arguments for `quantize_static` from a file `write_ort_overrides` wrote."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise OverridesError(f"{path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise OverridesError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("TensorQuantOverrides"), dict):
+        raise OverridesError(f"{path}: no TensorQuantOverrides object; write it with qinspect export --ort-overrides")
+    extra = doc.get("extra_options", {})
+    if not isinstance(extra, dict):
+        raise OverridesError(f"{path}: extra_options must be an object")
+    return _kwargs(_to_ort(doc["TensorQuantOverrides"]), list(doc.get("nodes_to_exclude", [])), extra)

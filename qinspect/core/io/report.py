@@ -1,0 +1,163 @@
+"""Self-contained HTML report of a float vs quantized comparison (no scripts, no external files).
+
+Sections: accuracy (when the data has labels), the model outputs, every tensor sorted worst SQNR
+first, and for the worst tensors a histogram of float and quantized values drawn as inline SVG,
+with the encoding's range marked.
+"""
+from __future__ import annotations
+
+import html
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_write
+
+WIDTH, HEIGHT, PAD = 520, 180, 28
+BINS = 64
+
+
+def _db(value) -> str:
+    if value is None:
+        return "&ndash;"
+    if math.isinf(value):
+        return "exact" if value > 0 else "-&infin;"
+    return f"{value:.1f}"
+
+
+def _num(value: float) -> str:
+    return "&infin;" if math.isinf(value) else f"{value:.3g}"
+
+
+def _level(sqnr: float) -> str:
+    """A CSS class by SQNR: 8-bit noise on a well-used range is about 40-50 dB."""
+    if sqnr < 20:
+        return "bad"
+    if sqnr < 30:
+        return "warn"
+    return "ok"
+
+
+def _rows(errors, local: bool) -> str:
+    out = []
+    for t in errors:
+        cells = [f"<td>{html.escape(t.name)}</td>", f"<td>{t.kind}</td>", f"<td>{html.escape(t.encoding)}</td>",
+                 f'<td class="num {_level(t.sqnr_db)}">{_db(t.sqnr_db)}</td>']
+        if local:
+            cells.append(f'<td class="num">{_db(t.local_sqnr_db)}</td>')
+        cells += [f'<td class="num">{_num(t.rel_error)}</td>', f'<td class="num">{_num(t.max_abs_error)}</td>']
+        if t.nonfinite:
+            cells[-1] = cells[-1][:-5] + f" ({t.nonfinite} NaN/Inf)</td>"
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out)
+
+
+def _range(enc) -> tuple[float, float] | None:
+    if enc is None or enc.is_float or not enc.scale:
+        return None
+    return float(np.min(enc.min)), float(np.max(enc.max))
+
+
+def histogram_svg(float_values: np.ndarray, quant_values: np.ndarray, enc_range=None, title: str = "") -> str:
+    """Float values as bars, quantized values as an outline, the encoding range as dashed lines.
+
+    Counts use a square-root scale."""
+    f = np.asarray(float_values, np.float64)
+    q = np.asarray(quant_values, np.float64)
+    f, q = f[np.isfinite(f)], q[np.isfinite(q)]
+    if f.size == 0:
+        return "<p>no finite values</p>"
+    lo = float(min(f.min(), q.min() if q.size else f.min()))
+    hi = float(max(f.max(), q.max() if q.size else f.max()))
+    if enc_range:
+        lo, hi = min(lo, enc_range[0]), max(hi, enc_range[1])
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, BINS + 1)
+    cf, _ = np.histogram(f, edges)
+    cq, _ = np.histogram(q, edges)
+    top = max(int(cf.max()), int(cq.max()), 1)
+    w, h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
+
+    def x(v):
+        return PAD + (v - lo) / (hi - lo) * w
+
+    def y(c):  # square-root scale: a spike at zero (ReLU) must not flatten the rest
+        return PAD + h - math.sqrt(c / top) * h
+
+    bar_w = w / BINS
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+             f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img"><title>{html.escape(title)}</title>',
+             f'<rect x="{PAD}" y="{PAD}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>']
+    for i, c in enumerate(cf):
+        if c:
+            parts.append(f'<rect x="{PAD + i * bar_w:.2f}" y="{y(c):.2f}" width="{bar_w:.2f}" '
+                         f'height="{PAD + h - y(c):.2f}" fill="#4a90d9" fill-opacity="0.6"/>')
+    points = [f"{PAD:.2f},{PAD + h:.2f}"]
+    for i, c in enumerate(cq):
+        points += [f"{PAD + i * bar_w:.2f},{y(c):.2f}", f"{PAD + (i + 1) * bar_w:.2f},{y(c):.2f}"]
+    points.append(f"{PAD + w:.2f},{PAD + h:.2f}")
+    parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#e07020" stroke-width="1.2"/>')
+    if enc_range:
+        for v in enc_range:
+            parts.append(f'<line x1="{x(v):.2f}" y1="{PAD}" x2="{x(v):.2f}" y2="{PAD + h}" stroke="#c00" '
+                         f'stroke-dasharray="4 3"/>')
+    parts.append(f'<text x="{PAD}" y="{HEIGHT - 8}" font-size="11">{lo:.4g}</text>')
+    parts.append(f'<text x="{PAD + w}" y="{HEIGHT - 8}" font-size="11" text-anchor="end">{hi:.4g}</text>')
+    parts.append(f'<text x="{PAD}" y="{PAD - 8}" font-size="11">count, square-root scale (max {top})</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.bad { background: #f8d0d0; } td.warn { background: #fbe8c0; } td.ok { background: #e0f2e0; }
+.hist { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+.legend span { display: inline-block; width: 1em; height: 0.8em; margin: 0 0.3em 0 1em; }
+"""
+
+
+def report_html(comparison, *, title: str = "qinspect: float vs quantized", model: str | None = None,
+                data: str | None = None, encodings_file: str | None = None, histograms: int = 6) -> str:
+    c = comparison
+    head = [f"<h1>{html.escape(title)}</h1>", "<p>"]
+    for label, value in (("model", model), ("encodings", encodings_file), ("data", data)):
+        if value:
+            head.append(f"{label}: <code>{html.escape(str(value))}</code><br>")
+    head.append(f"samples: {c.samples} &middot; {time.strftime('%Y-%m-%d %H:%M')}</p>")
+    if c.accuracy_float is not None:
+        delta = 100 * (c.accuracy_quantized - c.accuracy_float)
+        head.append(f"<h2>Accuracy</h2><p>float {100 * c.accuracy_float:.2f}% &middot; quantized "
+                    f"{100 * c.accuracy_quantized:.2f}% ({delta:+.2f} points, top-1 on the data's labels)</p>")
+    header = ("<tr><th>tensor</th><th>kind</th><th>encoding</th><th>SQNR dB</th>{}<th>rel. error</th>"
+              "<th>max abs error</th></tr>")
+    body = ["<h2>Model outputs</h2><table>", header.format(""), _rows(c.outputs.values(), False), "</table>"]
+    worst = c.worst()
+    body += ["<h2>Tensors, worst first</h2>",
+             "<p>SQNR: quantized model vs float model at this tensor (all upstream error included). "
+             "Own: this tensor's quantizer alone on float values.</p><table>",
+             header.format("<th>own SQNR dB</th>"), _rows(worst, True), "</table>"]
+    shown = [t for t in worst if t.name in c.values and math.isfinite(t.sqnr_db)][:histograms]
+    if shown:
+        body.append('<h2>Histograms of the worst tensors</h2><p class="legend"><span style="background:#4a90d9">'
+                    '</span>float<span style="background:#e07020"></span>quantized<span style="background:#c00">'
+                    '</span>encoding range</p>')
+        for t in shown:
+            fv, qv = c.values[t.name]
+            svg = histogram_svg(fv, qv, _range(c.encodings.get(t.name)), t.name)
+            body.append(f'<div class="hist"><b>{html.escape(t.name)}</b> ({html.escape(t.encoding)}, '
+                        f"{_db(t.sqnr_db)} dB)<br>{svg}</div>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(head + body) + "\n</body></html>\n")
+
+
+def write_report(path, comparison, *, protect=(), **options) -> Path:
+    """Write the HTML report atomically; `options` go to `report_html`."""
+    return atomic_write(path, report_html(comparison, **options), protect=protect)

@@ -1,0 +1,474 @@
+"""The main window: opens models, runs calibration and exports in workers, hosts the panels.
+
+Scripts and tests drive it through `open_model`, `calibrate`, `export_encodings`, `export_qdq`,
+`save_session`, `open_session` and `import_encodings`, which are what the menu actions call after
+their file dialogs.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QDeadlineTimer, Qt, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QSplitter,
+)
+
+from ..core.commands import CommandStack, SetEdits
+from ..core.errors import QInspectError
+from ..core.project import Project
+from . import messages, settings
+from .calibration_dialog import CalibrationDialog
+from .histogram import HistogramPanel
+from .precision_editor import PrecisionEditor
+from .tensor_table import TensorTable
+from .workers import JobThread
+
+EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "resources" / "digits_cnn.onnx"
+EXAMPLE_DATA = EXAMPLE_MODEL.with_name("digits_calib.npz")
+ONNX_FILTER = "ONNX models (*.onnx);;All files (*)"
+JSON_FILTER = "Encodings JSON (*.json);;All files (*)"
+SESSION_FILTER = "qinspect sessions (*.qinspect);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    calibrationFinished = Signal(bool)  # True: new statistics applied; False: cancelled or failed
+    exportFinished = Signal(bool, str)  # ok, path or error message
+
+    def __init__(self, project: Project | None = None):
+        super().__init__()
+        self.setObjectName("MainWindow")
+        self.setWindowTitle("qinspect")
+        self.setAcceptDrops(True)
+        self.resize(1400, 850)
+        self.project = project or Project()
+        self.stack = CommandStack(self.project)
+        self.jobs: list[JobThread] = []
+        self._calibration: JobThread | None = None
+
+        self.table = TensorTable(self.project)
+        self.histogram = HistogramPanel(self.project, self.stack)
+        self.editor = PrecisionEditor(self.project, self.stack)
+        right = QSplitter(Qt.Vertical)
+        right.addWidget(self.histogram)
+        right.addWidget(self.editor)
+        right.setStretchFactor(0, 3)
+        splitter = QSplitter(Qt.Horizontal)
+        splitter.addWidget(self.table)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        self.setCentralWidget(splitter)
+        self.table.selectionChanged.connect(self._on_selection)
+
+        self.progress = QProgressBar(objectName="calibrationProgress")
+        self.progress.setMaximumWidth(260)
+        self.progress.setVisible(False)
+        self.eta = QLabel(objectName="etaLabel")
+        self.summary = QLabel(objectName="summaryLabel")
+        self.statusBar().addWidget(self.summary, 1)
+        self.statusBar().addPermanentWidget(self.eta)
+        self.statusBar().addPermanentWidget(self.progress)
+
+        self._build_actions()
+        self.project.subscribe(self._on_project)
+        self.stack.subscribe(self._update_undo)
+        self._update_undo()
+        self._update_summary()
+
+    # --- actions -------------------------------------------------------------------------------
+    def _action(self, name, text, slot, shortcut=None, menu=None) -> QAction:
+        action = QAction(text, self)
+        action.setObjectName(name)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        self.addAction(action)  # shortcuts work even when the menu bar is hidden
+        if menu is not None:
+            menu.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        self.actionOpenModel = self._action("actionOpenModel", "&Open model…", self._ask_open, QKeySequence.Open, file)
+        self.recentMenu = file.addMenu("Open &recent")
+        self.recentMenu.setObjectName("recentMenu")
+        self.recentMenu.aboutToShow.connect(self._fill_recent)
+        self.actionOpenExample = self._action("actionOpenExample", "Open the &example model", self.open_example, None, file)
+        file.addSeparator()
+        self.actionImportEncodings = self._action("actionImportEncodings", "&Import encodings…", self._ask_import, "Ctrl+I", file)
+        self.actionExportEncodings = self._action("actionExportEncodings", "&Export encodings…", self._ask_export_encodings, "Ctrl+E", file)
+        self.actionExportQdq = self._action("actionExportQdq", "Export &QDQ model…", self._ask_export_qdq, "Ctrl+Shift+E", file)
+        file.addSeparator()
+        self.actionOpenSession = self._action("actionOpenSession", "Open &session…", self._ask_open_session, "Ctrl+Shift+O", file)
+        self.actionSaveSession = self._action("actionSaveSession", "&Save session…", self._ask_save_session, QKeySequence.Save, file)
+        file.addSeparator()
+        self._action("actionQuit", "&Quit", self.close, QKeySequence.Quit, file)
+        edit = bar.addMenu("&Edit")
+        self.actionUndo = self._action("actionUndo", "&Undo", self.stack.undo, QKeySequence.Undo, edit)
+        self.actionRedo = self._action("actionRedo", "&Redo", self.stack.redo, "Ctrl+Shift+Z", edit)
+        calib = bar.addMenu("&Calibration")
+        self.actionCalibrate = self._action("actionCalibrate", "&Calibrate…", self._ask_calibrate, "Ctrl+R", calib)
+        self.actionCancel = self._action("actionCancel", "C&ancel", self.cancel, "Esc", calib)
+        self.actionCancel.setEnabled(False)
+
+    def _update_undo(self) -> None:
+        self.actionUndo.setEnabled(self.stack.can_undo)
+        self.actionRedo.setEnabled(self.stack.can_redo)
+        self.actionUndo.setText(f"&Undo {self.stack.undo_label}".strip())
+        self.actionRedo.setText(f"&Redo {self.stack.redo_label}".strip())
+
+    def _fill_recent(self) -> None:
+        self.recentMenu.clear()
+        for path in settings.recent_files():
+            action = self.recentMenu.addAction(path)
+            action.triggered.connect(lambda _=False, p=path: self.open_model(p))
+        if self.recentMenu.isEmpty():
+            self.recentMenu.addAction("(none)").setEnabled(False)
+
+    # --- opening ---------------------------------------------------------------------------------
+    def open_model(self, path) -> bool:
+        """Open a model; a failure shows its cause and keeps what was open."""
+        if self._busy("open a model"):
+            return False
+        try:
+            self.project.open_model(str(path))
+        except QInspectError as exc:
+            messages.notify(self, "error", "Cannot open the model", str(exc))
+            return False
+        settings.add_recent_file(str(path))
+        self.stack.clear()
+        return True
+
+    def open_example(self) -> bool:
+        return self.open_model(EXAMPLE_MODEL)
+
+    def open_session(self, path) -> bool:
+        if self._busy("open a session"):
+            return False
+        try:
+            loaded = Project.from_session(path)
+        except QInspectError as exc:
+            messages.notify(self, "error", "Cannot open the session", str(exc))
+            return False
+        self.project.open_model(loaded.index)
+        self.project.plan = loaded.plan
+        self.project.set_stats(loaded.stats, loaded.samples, loaded.data_spec, loaded.data_options)
+        self.stack.clear()
+        return True
+
+    def save_session(self, path) -> bool:
+        return self._write(lambda: self.project.save_session(path), "Cannot save the session")
+
+    def import_encodings(self, path) -> bool:
+        """Load an encodings/overrides file as one undoable edit of the plan."""
+        from ..core.io.overrides import read_overrides
+
+        if self.project.index is None:
+            messages.notify(self, "warning", "No model", "Open a model before importing encodings.")
+            return False
+        try:
+            encodings, warnings = read_overrides(path, self.project.index)
+        except QInspectError as exc:
+            messages.notify(self, "error", "Cannot import encodings", str(exc))
+            return False
+        if encodings:
+            changes = {name: {"encoding": enc} for name, enc in encodings.items()}
+            self.stack.push(SetEdits(changes, f"import {Path(path).name}"))
+        if warnings:
+            messages.notify(self, "warning", "Some entries were ignored", "\n".join(warnings[:20]))
+        return True
+
+    # --- calibration -----------------------------------------------------------------------------
+    def calibrate(self, data, **options) -> bool:
+        """Start calibrating in a worker; `calibrationFinished` tells how it ended.
+
+        Options: batch_size, samples, scheme, percentile, image_size, mean, std, layout, channels.
+        """
+        from ..core.calibrate import calibrate
+        from ..core.data import open_data
+
+        if self.project.index is None:
+            messages.notify(self, "warning", "No model", "Open a model before calibrating.")
+            return False
+        if self._busy("calibrate"):
+            return False
+        index = self.project.index
+        batch_size = int(options.pop("batch_size", 8))
+        scheme = options.pop("scheme", None)
+        percentile = options.pop("percentile", None)
+        data_options = dict(options)
+
+        def job(progress):
+            source = open_data(str(data), index.inputs, **data_options)
+            return calibrate(index, source, batch_size=batch_size, progress=progress)
+
+        def done(result):
+            self._calibration = None  # before any signal, so a handler may start the next run
+            if self.project.index is not index:
+                self.calibrationFinished.emit(False)  # the model changed meanwhile: stats are stale
+                return
+            if scheme:
+                self.project.plan.defaults.act_scheme = scheme
+            if percentile:
+                self.project.plan.defaults.percentile = float(percentile)
+            self.project.set_stats(result.stats, result.samples, str(data), data_options)
+            skipped = len(result.skipped)
+            bad = [n for n, s in result.stats.items() if s.nonfinite_count]
+            notes = []
+            if skipped:
+                notes.append(f"{skipped} tensor(s) inside subgraphs have no statistics.")
+            if bad:
+                notes.append(f"{len(bad)} tensor(s) had NaN/Inf values, left out of their ranges: {', '.join(bad[:5])}")
+            if notes:
+                messages.notify(self, "warning", "Calibration finished with warnings", "\n".join(notes))
+            self.statusBar().showMessage(f"Calibrated on {result.samples} samples in {result.seconds:.1f} s", 8000)
+            self.calibrationFinished.emit(True)
+
+        def stopped():
+            self._calibration = None
+            self.calibrationFinished.emit(False)
+
+        self._calibration = self._start(job, "calibration", done, stopped)
+        self.actionCancel.setEnabled(True)
+        return True
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancel()
+
+    def _busy(self, what: str) -> bool:
+        if self._calibration is not None:
+            messages.notify(self, "info", "Busy", f"Wait for the calibration to finish (or cancel it) before you {what}.")
+            return True
+        return False
+
+    # --- exports ---------------------------------------------------------------------------------
+    def export_encodings(self, path, version: str = "0.6.1", only_edited: bool = False) -> bool:
+        """Write the overrides JSON in a worker; `exportFinished` tells how it ended."""
+        from ..core.io.overrides import write_overrides
+
+        if not self._can_export():
+            return False
+        encodings = dict(self.project.encodings)
+        if only_edited:
+            edited = set(self.project.plan.edited())
+            encodings = {n: e for n, e in encodings.items() if n in edited}
+        index = self.project.index
+        kinds = {n: index.targets[n].kind for n in encodings}
+        self._start(
+            lambda progress: write_overrides(path, encodings, kinds, version, protect=[index.path]),
+            "export",
+            lambda out: self._exported(str(out)),
+            lambda: None,
+        )
+        return True
+
+    def export_qdq(self, path) -> bool:
+        """Write a QDQ ONNX model in a worker; `exportFinished` tells how it ended."""
+        from ..core.io.qdq import export_qdq
+
+        if not self._can_export():
+            return False
+        index, encodings = self.project.index, dict(self.project.encodings)
+        self._start(
+            lambda progress: export_qdq(index, encodings, path, protect=[index.path], progress=progress),
+            "QDQ export",
+            lambda report: self._exported(str(path), report),
+            lambda: None,
+        )
+        return True
+
+    def _can_export(self) -> bool:
+        if self.project.index is None:
+            messages.notify(self, "warning", "No model", "Open a model first.")
+            return False
+        if not self.project.stats:
+            messages.notify(self, "warning", "Not calibrated", "Calibrate the model first (Calibration > Calibrate…).")
+            return False
+        return True
+
+    def _exported(self, path: str, report=None) -> None:
+        warnings = list(getattr(report, "warnings", []) or [])
+        if warnings:
+            messages.notify(self, "warning", "Exported with warnings", "\n".join(warnings[:20]))
+        self.statusBar().showMessage(f"Wrote {path}", 8000)
+        self.exportFinished.emit(True, path)
+
+    def _write(self, fn, title: str) -> bool:
+        try:
+            path = fn()
+        except (QInspectError, ValueError) as exc:
+            messages.notify(self, "error", title, str(exc))
+            return False
+        self.statusBar().showMessage(f"Wrote {path}", 8000)
+        return True
+
+    # --- workers ---------------------------------------------------------------------------------
+    def _start(self, job, name, on_success, on_stop) -> JobThread:
+        thread = JobThread(job, self, name)
+        thread.progressed.connect(self._on_progress)
+        thread.succeeded.connect(on_success)
+        thread.cancelled_.connect(lambda: self.statusBar().showMessage(f"{name.capitalize()} cancelled; nothing changed", 8000))
+        thread.cancelled_.connect(on_stop)
+        thread.failed.connect(lambda text: self._failed(name, text))
+        thread.failed.connect(on_stop)
+        thread.finished.connect(lambda: self._job_done(thread))
+        self.jobs.append(thread)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.actionCancel.setEnabled(True)
+        thread.start()
+        return thread
+
+    def _failed(self, name: str, text: str) -> None:
+        messages.notify(self, "error", f"{name.capitalize()} failed", text)
+        if name == "export" or name == "QDQ export":
+            self.exportFinished.emit(False, text)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        job = self.sender()
+        elapsed = time.monotonic() - getattr(job, "started_at", time.monotonic())
+        if done and total > done:
+            self.eta.setText(f"{done}/{total} · ETA {elapsed / done * (total - done):.0f} s")
+        else:
+            self.eta.setText(f"{done}/{total}")
+
+    def _job_done(self, thread: JobThread) -> None:
+        if thread in self.jobs:
+            self.jobs.remove(thread)
+        if thread is self._calibration:
+            self._calibration = None
+        if not self.jobs:
+            self.progress.setVisible(False)
+            self.eta.clear()
+            self.actionCancel.setEnabled(False)
+        thread.deleteLater()
+
+    def wait_for_jobs(self, ms: int = 10_000) -> bool:
+        """Block until every worker has stopped (for closing and for scripts)."""
+        deadline = QDeadlineTimer(ms)
+        return all(job.wait(deadline) for job in list(self.jobs))
+
+    def closeEvent(self, event) -> None:
+        self.cancel()
+        self.wait_for_jobs(5000)
+        super().closeEvent(event)
+
+    # --- project and selection ---------------------------------------------------------------------
+    def _on_project(self, event: str, names) -> None:
+        if event == "model":
+            self.stack.clear()
+            self.histogram.show_tensor(None)
+            self.editor.set_selection([])
+            path = self.project.model_path
+            self.setWindowTitle(f"qinspect — {Path(path).name}" if path else "qinspect")
+        self._update_summary()
+
+    def _on_selection(self, names: list) -> None:
+        self.editor.set_selection(names)
+        self.histogram.show_tensor(names[0] if names else None)
+
+    def _update_summary(self) -> None:
+        index = self.project.index
+        if index is None:
+            self.summary.setText("No model. Open one with File > Open (Ctrl+O) or drop an .onnx file here.")
+            return
+        counts = {k: sum(t.kind == k for t in index.targets.values()) for k in ("activation", "weight", "bias")}
+        parts = [
+            Path(index.path).name if index.path else "model",
+            f"{len(index.nodes)} nodes",
+            f"{counts['activation']} activations, {counts['weight']} weights, {counts['bias']} biases",
+        ]
+        if self.project.stats:
+            parts.append(f"calibrated on {self.project.samples} samples")
+            quantized, floats = self.project.size_bytes()
+            if floats:
+                parts.append(f"params {quantized / 1024:.1f} KiB vs {floats / 1024:.1f} KiB float ({quantized / floats:.0%})")
+        else:
+            parts.append("not calibrated (Ctrl+R)")
+        self.summary.setText(" · ".join(parts))
+
+    # --- drag and drop ---------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if any(u.toLocalFile().endswith((".onnx", ".qinspect", ".json")) for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            path = url.toLocalFile()
+            if path.endswith(".onnx"):
+                self.open_model(path)
+            elif path.endswith(".qinspect"):
+                self.open_session(path)
+            elif path.endswith(".json"):
+                self.import_encodings(path)
+            event.acceptProposedAction()
+            return
+
+    # --- dialogs (not used by tests: they call the methods above directly) ------------------------
+    def _ask_open(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open ONNX model", "", ONNX_FILTER)
+        if path:
+            self.open_model(path)
+
+    def _ask_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import encodings", "", JSON_FILTER)
+        if path:
+            self.import_encodings(path)
+
+    def _default_path(self, suffix: str) -> str:
+        path = self.project.model_path
+        return str(Path(path).with_suffix(suffix)) if path else ""
+
+    def _ask_export_encodings(self) -> None:
+        from .export_dialog import ask_encodings_export
+
+        choice = ask_encodings_export(self, self._default_path(".encodings.json"))
+        if choice:
+            self.export_encodings(*choice)
+
+    def _ask_export_qdq(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export QDQ model", self._default_path(".qdq.onnx"), ONNX_FILTER)
+        if path:
+            self.export_qdq(path)
+
+    def _ask_open_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
+        if path:
+            self.open_session(path)
+
+    def _ask_save_session(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", self._default_path(".qinspect"), SESSION_FILTER)
+        if path:
+            self.save_session(path)
+
+    def _ask_calibrate(self) -> None:
+        if self.project.index is None:
+            messages.notify(self, "warning", "No model", "Open a model before calibrating.")
+            return
+        default = self.project.data_spec or (str(EXAMPLE_DATA) if self.project.model_path == str(EXAMPLE_MODEL) else "")
+        dialog = CalibrationDialog(self, default, self.project.plan.defaults.act_scheme)
+
+        def accepted():
+            try:
+                data, options = dialog.values()
+            except ValueError as exc:
+                messages.notify(self, "error", "Calibration options", str(exc))
+                return
+            if not data:
+                messages.notify(self, "warning", "No data", "Choose calibration data first.")
+                return
+            self.calibrate(data, **options)
+
+        dialog.accepted.connect(accepted)
+        dialog.open()
+

@@ -1,0 +1,540 @@
+"""The tensor table: one row per quantizer position, with statistics, encoding and plan settings.
+
+`TensorTableModel` is a Qt model over a core `Project`. Cells are computed lazily in `data()` and
+cached per row, so opening a model with thousands of tensors only computes the rows on screen.
+Project events invalidate the cache: "model"/"stats" reset the table, "plan" refreshes only the
+rows whose encodings changed (the edited tensors and the biases derived from them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelection,
+    QItemSelectionModel,
+    QModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QAction, QBrush, QColor, QFont, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLineEdit,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+COLUMNS = ("Name", "Op", "Kind", "Shape", "Min", "Max", "Enc min", "Enc max", "Bitwidth", "Dtype", "Scheme",
+           "Clipped", "SQNR")
+NAME, OP, KIND, SHAPE, MIN, MAX, ENC_MIN, ENC_MAX, BW, DTYPE, SCHEME, CLIPPED, SQNR = range(len(COLUMNS))
+NUMERIC = frozenset({MIN, MAX, ENC_MIN, ENC_MAX, BW, CLIPPED, SQNR})
+SORT_ROLE = Qt.UserRole  # raw numbers (None when unknown) so numeric columns sort as numbers
+CLIPPED_WARN = 0.01  # flag tensors losing more than 1% of their calibration values to clipping
+FLOAT16_MAX = 65504.0
+
+_WARN_BG, _WARN_FG = QBrush(QColor("#ffe0b2")), QBrush(QColor("#8a4b00"))  # amber: clipping
+_BAD_BG, _BAD_FG = QBrush(QColor("#ffcdd2")), QBrush(QColor("#8b0000"))    # red: NaN/Inf seen
+_BOLD = QFont()
+_BOLD.setBold(True)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _shape(shape) -> str:
+    if shape is None:
+        return "?"
+    if len(shape) == 0:
+        return "scalar"
+    return "\u00d7".join("?" if d is None else str(d) for d in shape)
+
+
+@dataclass
+class _Row:
+    """Derived values of one row; recomputed only after the tensor (or what it depends on) changes."""
+
+    texts: list[str]
+    keys: list
+    nonfinite: str  # "" or e.g. "3 NaN, 1 +Inf"
+    clipped: float | None
+    channels: int  # > 0 for per-channel encodings
+    axis: int | None  # their channel axis
+
+
+class TensorTableModel(QAbstractTableModel):
+    """One row per `project.index.targets` entry (graph order until sorted); see COLUMNS."""
+
+    def __init__(self, project, parent=None):
+        super().__init__(parent)
+        self._project = None
+        self._names: list[str] = []  # display order (graph order unless sorted)
+        self._rows: dict[str, int] = {}
+        self._cache: dict[str, _Row] = {}
+        self._sort_column, self._sort_order = -1, Qt.AscendingOrder
+        self._sqnr: dict[str, float] = {}
+        self._dependents: dict[str, list[str]] = {}
+        # The project outlives views: stop listening when Qt deletes this model.
+        self._subscribed: list = [None]
+        subscribed = self._subscribed
+        self.destroyed.connect(lambda *_: subscribed[0] and subscribed[0][0].unsubscribe(subscribed[0][1]))
+        self.set_project(project)
+
+    # --- public API -------------------------------------------------------------------------
+    @property
+    def project(self):
+        return self._project
+
+    def set_project(self, project) -> None:
+        """Show another project (for example one reopened from a session)."""
+        if self._subscribed[0] is not None:
+            old, listener = self._subscribed[0]
+            old.unsubscribe(listener)
+        self._project = project
+        self._subscribed[0] = None
+        if project is not None:
+            listener = self._on_event
+            project.subscribe(listener)
+            self._subscribed[0] = (project, listener)
+        self._sqnr = {}
+        self._reset()
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def name(self, row: int) -> str:
+        return self._names[row]
+
+    def row_of(self, name: str) -> int | None:
+        return self._rows.get(name)
+
+    def _graph_order(self) -> list[str]:
+        index = self._project.index if self._project is not None else None
+        return list(index.targets) if index is not None else []
+
+    def target(self, row: int):
+        return self._project.index.targets[self._names[row]]
+
+    def op_types(self) -> list[str]:
+        index = self._project.index if self._project is not None else None
+        return sorted({t.op_type for t in index.targets.values()}) if index is not None else []
+
+    def set_sqnr(self, sqnr: dict[str, float]) -> None:
+        """Fill the SQNR column (dB); tensors missing from `sqnr` show an empty cell."""
+        self._sqnr = {k: float(v) for k, v in sqnr.items()}
+        if self._names:
+            self.dataChanged.emit(self.index(0, SQNR), self.index(len(self._names) - 1, SQNR))
+
+    # --- Qt model interface ------------------------------------------------------------------
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self._names)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+            return COLUMNS[section]
+        if orientation == Qt.Horizontal and role == Qt.ToolTipRole and section == CLIPPED:
+            return "Share of calibration values outside the encoding range"
+        return None
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        row, col = index.row(), index.column()
+        name = self._names[row]
+        if col == SQNR and role == Qt.DisplayRole:
+            db = self._sqnr.get(name)
+            return "" if db is None else f"{db:.1f}"
+        if role == Qt.DisplayRole:
+            return name if col == NAME else self._row(row).texts[col]
+        if role == SORT_ROLE:
+            return self.sort_key(row, col)
+        if role == Qt.ToolTipRole:
+            return self._tooltip(row)
+        if role == Qt.FontRole:
+            return _BOLD if name in self._project.plan.edits else None
+        if role == Qt.TextAlignmentRole:
+            return int(Qt.AlignRight | Qt.AlignVCenter) if col in NUMERIC else None
+        if role in (Qt.BackgroundRole, Qt.ForegroundRole):
+            return self._flag(row, col, role == Qt.BackgroundRole)
+        return None
+
+    def sort(self, column: int, order=Qt.AscendingOrder) -> None:
+        """Sort rows by `sort_key` (column -1: graph order). Unknown values go last either way.
+
+        Sorting here takes one Python key per row; letting QSortFilterProxyModel sort would call
+        back into Python for every comparison (about 1 s for 5,000 rows). Rows are not re-sorted
+        when their values change afterwards, so an edited row does not jump away from the cursor.
+        """
+        self.layoutAboutToBeChanged.emit()
+        old = self._names
+        self._sort_column, self._sort_order = column, Qt.SortOrder(order)
+        self._set_names(self._graph_order())  # ties keep graph order
+        persistent = self.persistentIndexList()
+        moved = [self.index(self._rows[old[i.row()]], i.column()) for i in persistent]
+        self.changePersistentIndexList(persistent, moved)
+        self.layoutChanged.emit()
+
+    def _set_names(self, names: list[str]) -> None:
+        """Put `names` in the current sort order and index them."""
+        column = self._sort_column
+        if column >= 0:
+            keys = {n: self._key(n, column) for n in names}
+            known = sorted((n for n in names if keys[n] is not None), key=keys.__getitem__,
+                           reverse=self._sort_order == Qt.DescendingOrder)
+            names = known + [n for n in names if keys[n] is None]
+        self._names = list(names)
+        self._rows = {n: i for i, n in enumerate(self._names)}
+
+    def sort_key(self, row: int, col: int):
+        """The raw value a column sorts by: a number, a string, or None when unknown."""
+        return self._key(self._names[row], col)
+
+    def _key(self, name: str, col: int):
+        if col == NAME:
+            return name
+        if col == SQNR:
+            db = self._sqnr.get(name)
+            return None if db is None or math.isnan(db) else db
+        return self._derived(name).keys[col]
+
+    # --- derived values ----------------------------------------------------------------------
+    def _row(self, row: int) -> _Row:
+        return self._derived(self._names[row])
+
+    def _derived(self, name: str) -> _Row:
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = self._cache[name] = self._derive(name)
+        return cached
+
+    def _derive(self, name: str) -> _Row:
+        project = self._project
+        target = project.index.targets[name]
+        settings = project.plan.settings(target.kind, name)
+        stats = project.stats.get(name)
+        values = project.index.initializer(name) if target.kind != "activation" else None
+        lo = hi = None
+        nonfinite = ""
+        if stats is not None:
+            if stats.count:
+                lo, hi = float(stats.min), float(stats.max)
+            parts = [f"{n} {what}" for n, what in
+                     ((stats.nan_count, "NaN"), (stats.posinf_count, "+Inf"), (stats.neginf_count, "-Inf")) if n]
+            nonfinite = ", ".join(parts)
+        elif values is not None and values.size:
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                lo, hi = float(finite.min()), float(finite.max())
+            if finite.size != values.size:
+                nonfinite = f"{values.size - finite.size} NaN/Inf"
+        enc = project.encodings.get(name)
+        enc_lo = enc_hi = clipped = None
+        enc_lo_text = enc_hi_text = ""
+        channels = 0
+        if enc is not None and enc.is_float:
+            enc_lo_text = enc_hi_text = f"float{enc.bw}"
+            limit = FLOAT16_MAX if enc.bw == 16 else math.inf
+            enc_lo, enc_hi = -limit, limit
+            clipped = self._clipped(stats, values, None, -limit, limit) if enc.bw == 16 else 0.0
+        elif enc is not None:
+            mins, maxs = enc.min, enc.max
+            enc_lo, enc_hi = float(mins.min()), float(maxs.max())
+            enc_lo_text, enc_hi_text = _num(enc_lo), _num(enc_hi)
+            if enc.per_channel and mins.size > 1:
+                channels = int(mins.size)
+                enc_lo_text += f"  per-channel ({channels})"
+                enc_hi_text += f"  per-channel ({channels})"
+            half = enc.scales / 2  # values within half a step of the ends round onto the grid
+            clipped = self._clipped(stats, values, enc, mins - half, maxs + half)
+        texts = ["", target.op_type, target.kind, _shape(target.shape), _num(lo), _num(hi), enc_lo_text,
+                 enc_hi_text, str(settings.bw), settings.dtype,
+                 "imported" if settings.encoding is not None else settings.scheme,
+                 "" if clipped is None else f"{100 * clipped:.2f}%", ""]
+        keys = [None, target.op_type, target.kind, texts[SHAPE], lo, hi, enc_lo, enc_hi, settings.bw,
+                settings.dtype, texts[SCHEME], clipped, None]
+        return _Row(texts, keys, nonfinite, clipped, channels, enc.axis if channels else None)
+
+    @staticmethod
+    def _clipped(stats, values, enc, lo, hi) -> float | None:
+        """Share of values outside [lo, hi]: exact for constants, from the histogram otherwise."""
+        if values is not None and values.size:
+            v = np.asarray(values, dtype=np.float64)
+            if enc is not None and enc.per_channel and np.size(lo) > 1 and v.ndim > enc.axis:
+                v = np.moveaxis(v, enc.axis, 0).reshape(np.size(lo), -1)
+                lo, hi = np.reshape(lo, (-1, 1)), np.reshape(hi, (-1, 1))
+            finite = np.isfinite(v)
+            outside = finite & ((v < lo) | (v > hi))
+            n = int(finite.sum())
+            return float(outside.sum()) / n if n else None
+        if stats is None or not stats.count:
+            return None
+        return stats.clipped_fraction(float(np.min(lo)), float(np.max(hi)))
+
+    def _tooltip(self, row: int) -> str:
+        name = self._names[row]
+        target = self._project.index.targets[name]
+        derived = self._row(row)
+        where = f"output of {target.node}" if target.kind == "activation" and target.node else \
+            ("graph input" if target.kind == "activation" else f"{target.kind} of {target.node}")
+        lines = [name, f"{target.kind}, {where} ({target.op_type})"]
+        if derived.channels:
+            lines.append(f"per-channel encoding: {derived.channels} channels on axis {derived.axis}; "
+                         "Enc min/max are the smallest min and the largest max")
+        if derived.nonfinite:
+            lines.append(f"\u26a0 calibration saw {derived.nonfinite}: these values are not in min/max")
+        if derived.clipped is not None and derived.clipped > CLIPPED_WARN:
+            lines.append(f"\u26a0 {100 * derived.clipped:.2f}% of the values fall outside the encoding")
+        if name in self._project.plan.edits:
+            lines.append("edited in the precision plan")
+        return "\n".join(lines)
+
+    def _flag(self, row: int, col: int, background: bool):
+        derived = self._row(row)
+        if derived.nonfinite and col in (NAME, MIN, MAX):
+            return _BAD_BG if background else _BAD_FG
+        if col == CLIPPED and derived.clipped is not None and derived.clipped > CLIPPED_WARN:
+            return _WARN_BG if background else _WARN_FG
+        return None
+
+    # --- project events ----------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.beginResetModel()
+        index = self._project.index if self._project is not None else None
+        self._cache.clear()
+        self._set_names(self._graph_order())  # keeps the user's sort
+        self._dependents = {}
+        if index is not None:
+            # A bias encoding is derived from its op's input and weight encodings, so editing
+            # either changes the bias row too (the same set derive_encodings recomputes).
+            for name, target in index.targets.items():
+                if target.kind == "bias" and target.bias_inputs:
+                    act, weight = target.bias_inputs
+                    for source in {index.encoding_source(act), weight}:
+                        self._dependents.setdefault(source, []).append(name)
+        self.endResetModel()
+
+    def _on_event(self, event: str, names) -> None:
+        if event in ("model", "stats"):
+            if event == "model":
+                self._sqnr = {}  # SQNR of another model
+            self._reset()
+            return
+        if event != "plan":
+            return
+        if names is None:
+            self._refresh_all()
+            return
+        rows = set()
+        for name in names:
+            for changed in [name, *self._dependents.get(name, ())]:
+                row = self._rows.get(changed)
+                if row is not None:
+                    rows.add(row)
+                    self._cache.pop(changed, None)
+        # One signal per run of adjacent rows (row - position is constant along a run).
+        for _, run in groupby(enumerate(sorted(rows)), lambda pair: pair[1] - pair[0]):
+            run = [row for _, row in run]
+            self.dataChanged.emit(self.index(run[0], 0), self.index(run[-1], len(COLUMNS) - 1))
+
+    def _refresh_all(self) -> None:
+        self._cache.clear()
+        if self._names:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._names) - 1, len(COLUMNS) - 1))
+
+
+class TensorFilterProxy(QSortFilterProxyModel):
+    """Filters by name text (case-insensitive), op type and kind, reading the source model's
+    plain lists rather than data(), so filtering never computes cells."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._text = ""
+        self._op_type = ""
+        self._kind = ""
+
+    def set_filters(self, text: str | None = None, op_type: str | None = None, kind: str | None = None) -> None:
+        if text is not None:
+            self._text = text.strip().lower()
+        if op_type is not None:
+            self._op_type = op_type
+        if kind is not None:
+            self._kind = kind
+        if hasattr(self, "endFilterChange"):  # Qt 6.10+; invalidateFilter is deprecated there
+            self.beginFilterChange()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.invalidateFilter()
+
+    def sort(self, column: int, order=Qt.AscendingOrder) -> None:
+        # The source model sorts itself with precomputed keys (see TensorTableModel.sort);
+        # this proxy only filters, so its own sort column stays -1.
+        self.sourceModel().sort(column, order)
+
+    def filterAcceptsRow(self, source_row, source_parent) -> bool:
+        model = self.sourceModel()
+        if self._text and self._text not in model.name(source_row).lower():
+            return False
+        if self._op_type or self._kind:
+            target = model.target(source_row)
+            if self._op_type and target.op_type != self._op_type:
+                return False
+            if self._kind and target.kind != self._kind:
+                return False
+        return True
+
+
+ALL_OPS = "All ops"
+ALL_KINDS = "All kinds"
+
+
+class TensorTable(QWidget):
+    """Filter bar plus the table view. Emits `selectionChanged(names)` in view order."""
+
+    selectionChanged = Signal(list)
+
+    def __init__(self, project, parent=None):
+        super().__init__(parent)
+        self.model = TensorTableModel(project, self)
+        self.proxy = TensorFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+
+        self.filter_edit = QLineEdit(objectName="tensorFilter", placeholderText="Filter tensors by name (Ctrl+F)")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.op_combo = QComboBox(objectName="opTypeFilter")
+        self.kind_combo = QComboBox(objectName="kindFilter")
+        self.kind_combo.addItems([ALL_KINDS, "activation", "weight", "bias"])
+
+        self.view = QTableView(objectName="tensorTable")
+        self.view.setModel(self.proxy)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.view.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.view.setWordWrap(False)
+        self.view.setAlternatingRowColors(True)
+        # Fixed row heights (QTableView's uniform rows): the view never measures every row.
+        vheader = self.view.verticalHeader()
+        vheader.setSectionResizeMode(QHeaderView.Fixed)
+        vheader.setDefaultSectionSize(self.fontMetrics().height() + 6)
+        vheader.hide()
+        hheader = self.view.horizontalHeader()
+        hheader.setSectionResizeMode(QHeaderView.Interactive)
+        hheader.setStretchLastSection(True)
+        hheader.resizeSection(NAME, 220)
+        # Start in graph order: sorting a big model by a column at startup would compute every row.
+        hheader.setSortIndicator(-1, Qt.AscendingOrder)
+        self.view.setSortingEnabled(True)
+
+        bar = QHBoxLayout()
+        bar.addWidget(self.filter_edit, 1)
+        bar.addWidget(self.op_combo)
+        bar.addWidget(self.kind_combo)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(bar)
+        layout.addWidget(self.view)
+
+        self.find_action = QAction("Find tensor", self, objectName="actionFindTensor")
+        self.find_action.setShortcut(QKeySequence.Find)
+        self.find_action.setShortcutContext(Qt.WindowShortcut)
+        self.find_action.triggered.connect(self.focus_filter)
+        self.addAction(self.find_action)
+
+        self.filter_edit.textChanged.connect(lambda text: self.proxy.set_filters(text=text))
+        self.op_combo.currentIndexChanged.connect(self._on_op_filter)
+        self.kind_combo.currentIndexChanged.connect(self._on_kind_filter)
+        self.view.selectionModel().selectionChanged.connect(self._emit_selection)
+        self._kept: list[str] = []
+        self.model.modelAboutToBeReset.connect(self._keep_selection)
+        self.model.modelReset.connect(self._after_reset)
+        self._fill_op_types()
+
+    # --- public API -------------------------------------------------------------------------
+    def set_project(self, project) -> None:
+        self.model.set_project(project)
+
+    def set_sqnr(self, sqnr: dict[str, float]) -> None:
+        self.model.set_sqnr(sqnr)
+
+    def selected_names(self) -> list[str]:
+        rows = sorted(i.row() for i in self.view.selectionModel().selectedRows())
+        return [self.model.name(self.proxy.mapToSource(self.proxy.index(r, 0)).row()) for r in rows]
+
+    def select(self, names: list[str]) -> None:
+        """Select these tensors (clearing filters that hide them) and scroll to the first."""
+        rows = [r for r in (self.model.row_of(n) for n in names) if r is not None]
+        if any(not self.proxy.filterAcceptsRow(r, QModelIndex()) for r in rows):
+            self.clear_filters()
+        selection = QItemSelection()
+        first = None
+        for row in rows:
+            index = self.proxy.mapFromSource(self.model.index(row, 0))
+            if not index.isValid():
+                continue
+            if first is None:
+                first = index
+            selection.select(index, index)
+        model = self.view.selectionModel()
+        model.select(selection, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+        if first is not None:
+            model.setCurrentIndex(first, QItemSelectionModel.NoUpdate)
+            self.view.scrollTo(first)
+
+    def clear_filters(self) -> None:
+        for widget in (self.filter_edit, self.op_combo, self.kind_combo):
+            widget.blockSignals(True)
+        self.filter_edit.clear()
+        self.op_combo.setCurrentIndex(0)
+        self.kind_combo.setCurrentIndex(0)
+        for widget in (self.filter_edit, self.op_combo, self.kind_combo):
+            widget.blockSignals(False)
+        self.proxy.set_filters(text="", op_type="", kind="")
+
+    def focus_filter(self) -> None:
+        self.filter_edit.setFocus(Qt.ShortcutFocusReason)
+        self.filter_edit.selectAll()
+
+    # --- internals --------------------------------------------------------------------------
+    def _on_op_filter(self, i: int) -> None:
+        self.proxy.set_filters(op_type="" if i <= 0 else self.op_combo.itemText(i))
+
+    def _on_kind_filter(self, i: int) -> None:
+        self.proxy.set_filters(kind="" if i <= 0 else self.kind_combo.itemText(i))
+
+    def _fill_op_types(self) -> None:
+        current = self.op_combo.currentText()
+        self.op_combo.blockSignals(True)
+        self.op_combo.clear()
+        self.op_combo.addItem(ALL_OPS)
+        self.op_combo.addItems(self.model.op_types())
+        i = self.op_combo.findText(current)
+        self.op_combo.setCurrentIndex(max(i, 0))
+        self.op_combo.blockSignals(False)
+        self._on_op_filter(self.op_combo.currentIndex())
+
+    def _emit_selection(self, *_) -> None:
+        self.selectionChanged.emit(self.selected_names())
+
+    def _keep_selection(self) -> None:
+        self._kept = self.selected_names()
+
+    def _after_reset(self) -> None:
+        # New statistics keep the user's selection; a new model drops names it does not have.
+        self._fill_op_types()
+        kept, self._kept = self._kept, []
+        still = [n for n in kept if self.model.row_of(n) is not None]
+        if still:
+            self.select(still)
+        elif kept:
+            self.selectionChanged.emit([])
