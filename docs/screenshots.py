@@ -1,0 +1,50 @@
+"""Regenerate the README screenshots offscreen: python docs/screenshots.py"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QEventLoop, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from qinspect.gui import create_main_window, messages  # noqa: E402
+from qinspect.gui.main_window import EXAMPLE_DATA  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "img"
+
+
+def settle(ms: int = 200) -> None:
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def main() -> int:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    messages.handler = lambda level, title, text: print(f"{level}: {title}: {text}", file=sys.stderr)
+    window = create_main_window()
+    window.resize(1500, 900)
+    window.show()
+    loop = QEventLoop()
+    window.calibrationFinished.connect(lambda ok: loop.quit())
+    window.calibrate(str(EXAMPLE_DATA))
+    QTimer.singleShot(60_000, loop.quit)
+    loop.exec()
+    OUT.mkdir(exist_ok=True)
+    window.table.select(["fc1_relu_out"])
+    settle()
+    window.grab().save(str(OUT / "main_window.png"))
+    window.table.select(["conv2.weight"])
+    settle()
+    window.grab().save(str(OUT / "weights_per_channel.png"))
+    window.close()
+    app.processEvents()
+    print(f"wrote screenshots to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
