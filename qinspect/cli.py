@@ -100,7 +100,10 @@ def _compare_parser(sub) -> None:
     p.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
     p.add_argument("--batch-size", type=int, default=8, metavar="B")
     p.add_argument("--top", type=int, default=10, metavar="N", help="tensors listed in the text summary (default 10)")
-    p.add_argument("--sensitivity", action="store_true", help="rank tensors by sensitivity (not implemented yet)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="rank quantizer groups (an op's activation, weight and bias) by the output error they cause")
+    p.add_argument("--sensitivity-samples", type=int, default=16, metavar="N",
+                   help="samples the sensitivity analysis runs on (default 16)")
     p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
     p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
@@ -186,8 +189,8 @@ def run_compare(args) -> int:
     from .core.model import load_model
     from .core.progress import NullProgress
 
-    if args.sensitivity:
-        raise _Usage("--sensitivity is not implemented yet; run compare without it")
+    if args.sensitivity_samples < 1:
+        raise _Usage("--sensitivity-samples must be at least 1")
     if args.samples is not None and args.samples < 1:
         raise _Usage("--samples must be at least 1")
     if args.batch_size < 1:
@@ -198,22 +201,65 @@ def run_compare(args) -> int:
     data = open_data(args.data, index.inputs, samples=args.samples, image_size=args.image_size, mean=args.mean,
                      std=args.std, layout=args.layout, channels=args.channels)
     progress = NullProgress() if args.quiet else TerminalProgress(label="comparing")
+    ranking, info = None, None
     with data:
         result = compare(index, encodings, data, progress=progress, batch_size=args.batch_size,
                          providers=args.provider or None)
+        if args.sensitivity:
+            from .core.sensitivity import sensitivity
+
+            started = time.perf_counter()
+            ranking = sensitivity(index, encodings, data, samples=args.sensitivity_samples,
+                                  batch_size=args.batch_size, providers=args.provider or None,
+                                  progress=NullProgress() if args.quiet else TerminalProgress(label="sensitivity"))
+            info = _sensitivity_info(ranking, min(args.sensitivity_samples, len(data)),
+                                     time.perf_counter() - started)
     if args.output:
         from .core.io.report import write_report
 
         out = write_report(args.output, result, protect=[args.model, args.encodings, args.data],
-                           model=args.model, data=args.data, encodings_file=args.encodings)
+                           model=args.model, data=args.data, encodings_file=args.encodings,
+                           sensitivity=ranking, sensitivity_info=info)
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
     if args.json:
         doc = {"model": args.model, "encodings": args.encodings, "data": args.data, **result.to_dict()}
+        if ranking is not None:
+            doc["sensitivity"] = [e.to_dict() for e in ranking]
+            doc["sensitivity_info"] = info
         print(json.dumps(doc, indent=2))
     else:
         print(_summary(result, args.top))
+        if ranking is not None:
+            print(_sensitivity_summary(ranking, info))
     return 0
+
+
+def _sensitivity_info(ranking, samples: int, seconds: float) -> dict:
+    import math
+
+    first = ranking[0] if ranking else None
+    plan = first.plan_sqnr if first is not None else None
+    return {"samples": samples, "seconds": round(seconds, 3),
+            "plan_sqnr": plan if plan is not None and math.isfinite(plan) else None,
+            "plan_accuracy": first.plan_accuracy if first is not None else None,
+            "score": "only_float_sqnr - only_quantized_sqnr (dB); higher is more sensitive"}
+
+
+def _sensitivity_summary(ranking, info) -> str:
+    def db(v):
+        return "-" if v is None else ("inf" if v == float("inf") else ("-inf" if v == float("-inf") else f"{v:.1f}"))
+
+    plan = info["plan_sqnr"]
+    lines = [f"sensitivity on {info['samples']} samples in {info['seconds']:.2f}s (output SQNR of the plan "
+             f"{db(plan)} dB), most sensitive first; SQNR dB with only this group quantized / only it float:"]
+    width = max([len(e.group.name) for e in ranking] + [5])
+    lines.append(f"  {'#':>2}  {'group':<{width}}  {'op':<12} {'score':>6} {'alone':>6} {'float':>6}  tensors")
+    for i, e in enumerate(ranking, 1):
+        score = "-" if not e.quantized else db(e.score)
+        lines.append(f"  {i:>2}  {e.group.name:<{width}}  {e.group.op_type:<12} {score:>6} "
+                     f"{db(e.only_quantized_sqnr):>6} {db(e.only_float_sqnr):>6}  {', '.join(e.group.tensors)}")
+    return "\n".join(lines)
 
 
 def run_calibrate(args) -> int:

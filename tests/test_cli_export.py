@@ -70,7 +70,8 @@ def test_compare_text_summary(encodings, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["compare", MODEL, "--encodings", "{enc}", "--data", TEST, "--sensitivity"], "not implemented yet"),
+    (["compare", MODEL, "--encodings", "{enc}", "--data", TEST, "--sensitivity", "--sensitivity-samples", "0"],
+     "--sensitivity-samples"),
     (["export", MODEL, "--encodings", "{enc}", "--qdq", MODEL], "refusing to overwrite"),
     (["export", MODEL, "--encodings", "{enc}"], "nothing to export"),
     (["export", MODEL, "--encodings", "missing.json", "--qdq", "{tmp}/q.onnx"], "missing.json"),

@@ -39,6 +39,9 @@ from .io.qdq import (
 )
 
 PARAM = "qinspect.fq::"  # prefix of the fake quantizers' parameter inputs
+# Parameters that make an integer fake quantizer an identity (see `Simulator.set_encodings`).
+PASS_SCALE = np.float32(2.0**-60)
+PASS_BOUND = np.finfo(np.float32).max
 _TWO_GB = 2**31 - 1
 
 
@@ -55,20 +58,44 @@ def quantizer_kind(enc: Encoding | None) -> str:
 def activation_positions(index, encodings: dict[str, Encoding]) -> dict[str, Encoding | None]:
     """Every activation quantizer as the exporter places it: targets, then per-tensor aliases with
     their source's encoding."""
-    out: dict[str, Encoding | None] = {n: encodings.get(n) for n in index.activations()}
+    existing = _existing(index)
+    out: dict[str, Encoding | None] = {n: encodings.get(n) for n in index.activations() if n not in existing}
     for alias in index.aliases:
-        enc = encodings.get(index.encoding_source(alias))
-        if enc is not None and not enc.is_float and not enc.per_channel:
+        source = index.encoding_source(alias)
+        enc = encodings.get(source)
+        if enc is not None and not enc.is_float and not enc.per_channel and source not in existing:
             out[alias] = enc
     return out
 
 
+def _existing(index) -> set[str]:
+    """Tensors the model already quantizes: their quantizers are in the graph, never added again."""
+    return {n for n, t in index.targets.items() if getattr(t, "existing", None) is not None}
+
+
+def _external_folder(model: onnx.ModelProto, label) -> str | None:
+    """Where tensors the model still stores externally are: next to the model file `label` (a model
+    indexed lazily, see `load_model`); None when every tensor is in the proto."""
+    from .model import _all_tensors
+
+    if not isinstance(label, str) or not os.path.isfile(label):
+        return None
+    if any(t.data_location == TensorProto.EXTERNAL for t in _all_tensors(model.graph)):
+        return os.path.dirname(os.path.abspath(label))
+    return None
+
+
 def make_session(model: onnx.ModelProto, providers, workdir: str | None, label: str) -> ort.InferenceSession:
+    from .calibrate import runtime_problem
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Idle worker threads spin after each run by default, stealing the CPU from the numpy work
     # between runs (metrics, fake quantization): measured 2-3x slower comparisons with spinning.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    folder = _external_folder(model, label)
+    if folder:  # onnxruntime reads those tensors from their files: they are never copied here
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     try:
         if model.ByteSize() < _TWO_GB:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
@@ -76,7 +103,7 @@ def make_session(model: onnx.ModelProto, providers, workdir: str | None, label: 
         onnx.save_model(model, path, save_as_external_data=True, location="simulation.data")
         return ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:
-        raise ModelError(f"{label}: onnxruntime cannot run it ({str(exc).splitlines()[0]})") from exc
+        raise runtime_problem(label, exc) from exc
 
 
 def expose(model: onnx.ModelProto, index, names, read_as: dict[str, str] | None = None) -> None:
@@ -123,10 +150,17 @@ class Simulator:
         return acts, baked
 
     def _constants(self) -> list[str]:
-        return self.index.weights() + self.index.biases()
+        existing = _existing(self.index)
+        return [n for n in self.index.weights() + self.index.biases() if n not in existing]
 
-    def set_encodings(self, encodings: dict[str, Encoding]) -> bool:
-        """Use `encodings` from now on; True if that needed a new session."""
+    def set_encodings(self, encodings: dict[str, Encoding], *, passthrough=()) -> bool:
+        """Use `encodings` from now on; True if that needed a new session.
+
+        `passthrough` names activation quantizers (targets; their aliases follow) to run as
+        float32 while their integer encoding keeps its place in the session: they are fed scale
+        2^-60, zero point 0 and bounds +-FLT_MAX, so x / scale is exact and already whole, and
+        the block returns x unchanged for 2^-37 <= |x| < 2^68 (off by under 2^-61 below that).
+        Sensitivity analysis uses it to keep a tensor float without a new session."""
         encodings = complete_encodings(self.index, encodings)
         positions = activation_positions(self.index, encodings)
         structure = self._structure_of(positions, encodings)
@@ -136,7 +170,7 @@ class Simulator:
             self._structure = structure
             self.rebuilds += 1
         self.encodings = encodings
-        self._feeds = self._parameter_feeds(positions, encodings)
+        self._feeds = self._parameter_feeds(positions, encodings, set(passthrough))
         return rebuilt
 
     def _build(self, positions, encodings) -> None:
@@ -211,10 +245,15 @@ class Simulator:
         return block
 
     # -- feeds -------------------------------------------------------------------------------------
-    def _parameter_feeds(self, positions, encodings) -> dict[str, np.ndarray]:
+    def _parameter_feeds(self, positions, encodings, passthrough=frozenset()) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         for name, enc in positions.items():
             if quantizer_kind(enc) != "int":
+                continue
+            p = PARAM + name + "::"
+            if passthrough and self.index.encoding_source(name) in passthrough:
+                feeds.update({p + "scale": np.array(PASS_SCALE), p + "zp": np.array(0, np.float32),
+                              p + "qmin": np.array(-PASS_BOUND), p + "qmax": np.array(PASS_BOUND)})
                 continue
             qp = onnx_qparams(enc)
             shape = ()
@@ -222,7 +261,6 @@ class Simulator:
                 rank = len(self.index.tensors[name].shape or ())
                 shape = [1] * rank
                 shape[qp.axis] = qp.scale.size
-            p = PARAM + name + "::"
             feeds[p + "scale"] = qp.scale.astype(np.float32).reshape(shape)
             feeds[p + "zp"] = qp.zero_point.astype(np.float32).reshape(shape)
             feeds[p + "qmin"] = np.array(qp.qmin, np.float32)

@@ -3,6 +3,12 @@
 Scripts and tests drive it through `open_model`, `calibrate`, `export_encodings`, `export_qdq`,
 `save_session`, `open_session` and `import_encodings`, which are what the menu actions call after
 their file dialogs.
+
+Panels (docks, View menu): the graph (`graphDock` holding `graphView`), sensitivity
+(`sensitivityPanel`) and mixed precision search (`paretoPanel`). The live error (`LiveError`)
+re-measures float vs quantized on a few calibration samples after calibration and after every
+edit, fills the table's SQNR column, colours the graph and shows the output SQNR in the status
+bar (`outputSqnrLabel`); `errorUpdated` is emitted when new numbers are shown.
 """
 from __future__ import annotations
 
@@ -12,11 +18,13 @@ from pathlib import Path
 from PySide6.QtCore import QDeadlineTimer, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
     QSplitter,
+    QWidget,
 )
 
 from ..core.commands import CommandStack, SetEdits
@@ -24,8 +32,12 @@ from ..core.errors import QInspectError
 from ..core.project import Project
 from . import messages, settings
 from .calibration_dialog import CalibrationDialog
+from .error_panel import LiveError
+from .graph_view import GraphPanel
 from .histogram import HistogramPanel
+from .pareto_panel import ParetoPanel
 from .precision_editor import PrecisionEditor
+from .sensitivity_panel import SensitivityPanel
 from .tensor_table import TensorTable
 from .workers import JobThread
 
@@ -39,6 +51,7 @@ SESSION_FILTER = "qinspect sessions (*.qinspect);;All files (*)"
 class MainWindow(QMainWindow):
     calibrationFinished = Signal(bool)  # True: new statistics applied; False: cancelled or failed
     exportFinished = Signal(bool, str)  # ok, path or error message
+    errorUpdated = Signal()  # the live error shows new numbers (table SQNR column, status bar, graph)
 
     def __init__(self, project: Project | None = None):
         super().__init__()
@@ -58,12 +71,19 @@ class MainWindow(QMainWindow):
         right.addWidget(self.histogram)
         right.addWidget(self.editor)
         right.setStretchFactor(0, 3)
-        splitter = QSplitter(Qt.Horizontal)
-        splitter.addWidget(self.table)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        self.setCentralWidget(splitter)
+        self.setCentralWidget(self.table)
+        # The histogram and editor keep the window's full height: they sit in a fixed right dock
+        # that owns the bottom-right corner, so the bottom panels (graph, sensitivity, search)
+        # only take room under the table.
+        self.inspector_dock = QDockWidget("Tensor", self)
+        self.inspector_dock.setObjectName("inspectorDock")
+        self.inspector_dock.setWidget(right)
+        self.inspector_dock.setFeatures(QDockWidget.NoDockWidgetFeatures)
+        self.inspector_dock.setTitleBarWidget(QWidget())
+        self.addDockWidget(Qt.RightDockWidgetArea, self.inspector_dock)
+        self.setCorner(Qt.BottomRightCorner, Qt.RightDockWidgetArea)
+        self.setCorner(Qt.TopRightCorner, Qt.RightDockWidgetArea)
+        self.resizeDocks([self.inspector_dock], [580], Qt.Horizontal)
         self.table.selectionChanged.connect(self._on_selection)
 
         self.progress = QProgressBar(objectName="calibrationProgress")
@@ -71,10 +91,14 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(False)
         self.eta = QLabel(objectName="etaLabel")
         self.summary = QLabel(objectName="summaryLabel")
+        self.live_error = LiveError(self.project, self)
+        self.output_sqnr = self.live_error.label
         self.statusBar().addWidget(self.summary, 1)
+        self.statusBar().addPermanentWidget(self.output_sqnr)
         self.statusBar().addPermanentWidget(self.eta)
         self.statusBar().addPermanentWidget(self.progress)
 
+        self._build_panels()
         self._build_actions()
         self.project.subscribe(self._on_project)
         self.stack.subscribe(self._update_undo)
@@ -117,6 +141,89 @@ class MainWindow(QMainWindow):
         self.actionCalibrate = self._action("actionCalibrate", "&Calibrate…", self._ask_calibrate, "Ctrl+R", calib)
         self.actionCancel = self._action("actionCancel", "C&ancel", self.cancel, "Esc", calib)
         self.actionCancel.setEnabled(False)
+        analysis = bar.addMenu("&Analysis")
+        self.actionRunSensitivity = self._action("actionRunSensitivity", "Run &sensitivity",
+                                                 self._run_sensitivity, "Ctrl+Shift+R", analysis)
+        self.actionParetoSearch = self._action("actionParetoSearch", "Mixed precision &search",
+                                               self._run_pareto, "Ctrl+Shift+P", analysis)
+        self.actionMeasureError = self._action("actionMeasureError", "Re-measure the &error",
+                                               lambda: self.live_error.schedule(None), "F5", analysis)
+        view = bar.addMenu("&View")
+        self._dock_actions = {}
+        for dock, name, key in ((self.graph_dock, "actionShowGraph", "Ctrl+1"),
+                                (self.sensitivity_dock, "actionShowSensitivity", "Ctrl+2"),
+                                (self.pareto_dock, "actionShowPareto", "Ctrl+3")):
+            action = self._action(name, dock.windowTitle(), lambda _=False, d=dock: self._toggle_dock(d), key, view)
+            action.setCheckable(True)
+            action.setChecked(True)
+            self._dock_actions[dock] = action
+            dock.visibilityChanged.connect(lambda _=False, d=dock, a=action: a.setChecked(not d.isHidden()))
+        view.addSeparator()
+        self.actionFitGraph = self._action("actionFitGraph", "&Fit the graph", self._fit_graph, "Ctrl+0", view)
+
+    def _build_panels(self) -> None:
+        self.graph_panel = GraphPanel(self.project)
+        self.graph = self.graph_panel.view
+        self.sensitivity = SensitivityPanel(self.project, self.stack, self._start)
+        self.pareto = ParetoPanel(self.project, self.stack, self._start)
+        docks = []
+        for widget, name, title in ((self.graph_panel, "graphDock", "Graph"),
+                                    (self.sensitivity, "sensitivityPanel", "Sensitivity"),
+                                    (self.pareto, "paretoPanel", "Mixed precision")):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(name)
+            dock.setWidget(widget)
+            dock.setAllowedAreas(Qt.AllDockWidgetAreas)
+            self.addDockWidget(Qt.BottomDockWidgetArea, dock)
+            docks.append(dock)
+        self.graph_dock, self.sensitivity_dock, self.pareto_dock = docks
+        self.tabifyDockWidget(self.graph_dock, self.sensitivity_dock)
+        self.tabifyDockWidget(self.sensitivity_dock, self.pareto_dock)
+        self.graph_dock.raise_()
+        self.resizeDocks([self.graph_dock], [280], Qt.Vertical)
+        self.live_error.updated.connect(self._on_error_updated)
+        self.graph.tensorsSelected.connect(self._select_tensors)
+        self.sensitivity.tensorsActivated.connect(self._select_tensors)
+
+    def _show_dock(self, dock) -> None:
+        dock.show()
+        dock.raise_()
+
+    def _toggle_dock(self, dock) -> None:
+        """Show a closed panel, bring one behind a tab to the front, hide one in front."""
+        if dock.isHidden() or dock.visibleRegion().isEmpty():  # closed, or behind another tab
+            self._show_dock(dock)
+        else:
+            dock.hide()
+        self._dock_actions[dock].setChecked(not dock.isHidden())
+
+    def _run_sensitivity(self) -> None:
+        self._show_dock(self.sensitivity_dock)
+        self.sensitivity.run()
+
+    def _run_pareto(self) -> None:
+        self._show_dock(self.pareto_dock)
+        self.pareto.search()
+
+    def _fit_graph(self) -> None:
+        self._show_dock(self.graph_dock)
+        self.graph.fit()
+
+    def _on_error_updated(self, comparison) -> None:
+        sqnr = self.live_error.sqnr
+        self.table.set_sqnr(sqnr)
+        self.graph_panel.set_sqnr(sqnr)
+        outputs = [o.sqnr_db for o in comparison.outputs.values()]
+        self.pareto.set_current(min(outputs) if outputs else None)
+        self.errorUpdated.emit()
+
+    def _select_tensors(self, names: list, primary: str = "") -> None:
+        """Select tensors in the table (from the graph or a ranking); the histogram shows `primary`."""
+        if not names:
+            return
+        self.table.select(names)
+        if primary:
+            self.histogram.show_tensor(primary)
 
     def _update_undo(self) -> None:
         self.actionUndo.setEnabled(self.stack.can_undo)
@@ -356,10 +463,12 @@ class MainWindow(QMainWindow):
     def wait_for_jobs(self, ms: int = 10_000) -> bool:
         """Block until every worker has stopped (for closing and for scripts)."""
         deadline = QDeadlineTimer(ms)
-        return all(job.wait(deadline) for job in list(self.jobs))
+        done = all(job.wait(deadline) for job in list(self.jobs))
+        return self.live_error.wait(max(0, deadline.remainingTime())) and done
 
     def closeEvent(self, event) -> None:
         self.cancel()
+        self.live_error.stop(5000)
         self.wait_for_jobs(5000)
         super().closeEvent(event)
 
@@ -376,6 +485,7 @@ class MainWindow(QMainWindow):
     def _on_selection(self, names: list) -> None:
         self.editor.set_selection(names)
         self.histogram.show_tensor(names[0] if names else None)
+        self.graph.highlight_tensors(names)
 
     def _update_summary(self) -> None:
         index = self.project.index

@@ -1,8 +1,8 @@
 """Self-contained HTML report of a float vs quantized comparison (no scripts, no external files).
 
-Sections: accuracy (when the data has labels), the model outputs, every tensor sorted worst SQNR
-first, and for the worst tensors a histogram of float and quantized values drawn as inline SVG,
-with the encoding's range marked.
+Sections: accuracy (when the data has labels), the model outputs, the sensitivity ranking of
+quantizer groups (when given), every tensor sorted worst SQNR first, and for the worst tensors a
+histogram of float and quantized values drawn as inline SVG, with the encoding's range marked.
 """
 from __future__ import annotations
 
@@ -119,12 +119,61 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.bad { background: #f8d0d0; } td.warn { background: #fbe8c0; } td.ok { background: #e0f2e0; }
 .hist { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+.bar { display: inline-block; height: 0.8em; background: #d9534f; vertical-align: middle; }
 .legend span { display: inline-block; width: 1em; height: 0.8em; margin: 0 0.3em 0 1em; }
 """
 
 
+def _sensitivity_rows(ranking) -> str:
+    scores = [e.score for e in ranking if e.quantized and math.isfinite(e.score)]
+    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    accuracy = any(e.only_quantized_accuracy is not None for e in ranking)
+    out = []
+    for i, e in enumerate(ranking, 1):
+        g = e.group
+        if e.quantized and scores:
+            frac = 1.0 if hi <= lo or (math.isinf(e.score) and e.score > 0) else max(0.0, (e.score - lo) / (hi - lo))
+            bar = f'<span class="bar" style="width:{1 + 119 * frac:.0f}px"></span> {_db(e.score)}'
+        else:
+            bar = "not quantized"
+        cells = [f'<td class="num">{i}</td>', f"<td>{html.escape(g.name)}</td>", f"<td>{html.escape(g.op_type)}</td>",
+                 f"<td>{bar}</td>",
+                 f'<td class="num {_level(e.only_quantized_sqnr)}">{_db(e.only_quantized_sqnr)}</td>',
+                 f'<td class="num">{_db(e.only_float_sqnr)}</td>']
+        if accuracy:
+            cells += [f'<td class="num">{_pct(e.only_quantized_accuracy)}</td>',
+                      f'<td class="num">{_pct(e.only_float_accuracy)}</td>']
+        cells.append(f"<td>{html.escape(', '.join(g.tensors))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out)
+
+
+def _pct(value) -> str:
+    return "&ndash;" if value is None else f"{100 * value:.1f}%"
+
+
+def sensitivity_section(ranking, info: dict | None = None) -> list[str]:
+    """The ranking table of `sensitivity.sensitivity`, most sensitive first."""
+    info = info or {}
+    first = ranking[0] if ranking else None
+    plan = info.get("plan_sqnr", first.plan_sqnr if first is not None else None)
+    samples = f" on {info['samples']} samples" if "samples" in info else ""
+    accuracy = any(e.only_quantized_accuracy is not None for e in ranking)
+    acc_head = "<th>top-1 alone</th><th>top-1 kept float</th>" if accuracy else ""
+    return ["<h2>Sensitivity</h2>",
+            f"<p>Quantizer groups (an op's output activation, weights and bias), most sensitive first{samples}. "
+            "Output SQNR when only the group is quantized (all else float) and when only the group is kept "
+            f"float (all else as the plan, whose output SQNR is {_db(plan)} dB). Score: the second minus "
+            "the first, in dB.</p><table>",
+            "<tr><th>#</th><th>group</th><th>op</th><th>score dB</th><th>SQNR dB alone</th>"
+            f"<th>SQNR dB kept float</th>{acc_head}<th>tensors</th></tr>",
+            _sensitivity_rows(ranking), "</table>"]
+
+
 def report_html(comparison, *, title: str = "qinspect: float vs quantized", model: str | None = None,
-                data: str | None = None, encodings_file: str | None = None, histograms: int = 6) -> str:
+                data: str | None = None, encodings_file: str | None = None, histograms: int = 6,
+                sensitivity=None, sensitivity_info: dict | None = None) -> str:
+    """`sensitivity`: a ranking from `sensitivity.sensitivity`, shown after the outputs when given."""
     c = comparison
     head = [f"<h1>{html.escape(title)}</h1>", "<p>"]
     for label, value in (("model", model), ("encodings", encodings_file), ("data", data)):
@@ -138,6 +187,8 @@ def report_html(comparison, *, title: str = "qinspect: float vs quantized", mode
     header = ("<tr><th>tensor</th><th>kind</th><th>encoding</th><th>SQNR dB</th>{}<th>rel. error</th>"
               "<th>max abs error</th></tr>")
     body = ["<h2>Model outputs</h2><table>", header.format(""), _rows(c.outputs.values(), False), "</table>"]
+    if sensitivity is not None:
+        body += sensitivity_section(sensitivity, sensitivity_info)
     worst = c.worst()
     body += ["<h2>Tensors, worst first</h2>",
              "<p>SQNR: quantized model vs float model at this tensor (all upstream error included). "

@@ -1,0 +1,557 @@
+"""The model graph: nodes laid out in layers by topological depth, quantizer positions marked,
+nodes coloured by the SQNR of what they compute.
+
+Built to stay usable on graphs of thousands of nodes:
+
+- the layout (`graph_layout`, plain Python, O(nodes + edges)) is computed from the index's
+  producers and consumers, without walking the protobuf;
+- it is computed when the view is first shown (or asked for a node), and again after a new model
+  is opened; scene items are created lazily, a band of `BAND` layers at a time, when the band
+  comes into view; SQNR updates only change the brushes of the items that exist;
+- a deep graph wraps into strips (rows of layers, like lines of text) chosen to fill the view,
+  so that zoomed out it is a block, not a line; Fit re-wraps it for the view's current shape;
+- each node is a QGraphicsRectItem with one QGraphicsSimpleTextItem (both painted in C++, cached);
+  edges (with their target) and quantizer marks are one QGraphicsPathItem per band, so the BSP
+  index culls what is off screen and nothing is done per frame;
+- labels are hidden when zoomed out far enough that they would be unreadable.
+
+Only the main graph is drawn: a control-flow node (If/Loop/Scan) is one box, which stands for
+the quantizers inside its bodies too.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from collections import defaultdict
+from functools import partial
+
+import shiboken6
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import (
+    QGraphicsItem,
+    QGraphicsRectItem,
+    QGraphicsScene,
+    QGraphicsSimpleTextItem,
+    QGraphicsView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .graph_layout import BAND, COL_GAP, NODE_H, NODE_W, layered_layout, place, strips_for
+
+OPEN_SCALE = 0.85         # zoom a big graph opens at
+LABEL_MIN_SCALE = 0.35    # below this zoom, labels are hidden
+MAX_FOLLOW = 3            # steps followed from a fused node to the tensor that carries its error
+INPUT_OP = "Input"
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+NODE_BRUSH = QBrush(QColor("#eceff1"))
+INPUT_BRUSH = QBrush(QColor("#e3f2fd"))
+NODE_PEN = QPen(QColor("#78909c"), 1.0)
+HIGHLIGHT_PEN = QPen(QColor("#1565c0"), 3.0)
+EDGE_PEN = QPen(QColor(120, 130, 140, 170), 1.0)
+WRAP_PEN = QPen(QColor(120, 130, 140, 70), 1.0, Qt.DashLine)
+NO_PEN = QPen(Qt.NoPen)
+ACT_MARK = QBrush(QColor("#ef6c00"))     # activation quantizer: dot on the output port
+PARAM_MARK = QBrush(QColor("#6a1b9a"))   # weight/bias quantizer: square on the node's top edge
+for _pen in (NODE_PEN, HIGHLIGHT_PEN, EDGE_PEN, WRAP_PEN):
+    _pen.setCosmetic(True)
+
+
+def sqnr_color(db: float, lo: float, hi: float) -> QColor:
+    """Red at `lo` (worst), yellow halfway, green at `hi`; pastel, so black labels stay readable."""
+    if math.isnan(db):
+        return QColor("#b0bec5")
+    t = 1.0 if math.isinf(db) and db > 0 else (0.0 if math.isinf(db) else (db - lo) / max(hi - lo, 1e-9))
+    t = min(max(t, 0.0), 1.0)
+    return QColor.fromHsvF(t / 3.0, 0.55, 1.0)
+
+
+def _claim(node, top: str, owner: dict[str, str]) -> None:
+    """Map every node inside `node`'s subgraphs (recursively) to the main-graph node `top`."""
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sub in g.node:
+                owner[sub.name] = top
+                _claim(sub, top, owner)
+
+
+class GraphView(QGraphicsView):
+    """The model graph of a `Project`. ``tensorsSelected(names, primary)`` when a node is clicked.
+
+    The layout of every node is computed at once (plain Python); the scene items of a band of
+    `BAND` layers are created when the band first comes into view (`materialized_bands`).
+    """
+
+    tensorsSelected = Signal(list, str)
+
+    def __init__(self, project, parent=None):
+        super().__init__(parent)
+        self.setObjectName("graphView")
+        self.project = project
+        self.setScene(QGraphicsScene(self))
+        self.setRenderHint(QPainter.Antialiasing, True)
+        # Colour updates touch many nodes at once: repaint one bounding rect, not many small ones.
+        self.setViewportUpdateMode(QGraphicsView.BoundingRectViewportUpdate)
+        self.setOptimizationFlags(QGraphicsView.DontAdjustForAntialiasing | QGraphicsView.DontSavePainterState)
+        self.setCacheMode(QGraphicsView.CacheBackground)
+        self.setBackgroundBrush(QBrush(QColor("#fafafa")))
+        self.setDragMode(QGraphicsView.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
+        self.setFocusPolicy(Qt.StrongFocus)
+        self._font = QFont(self.font())
+        self._font.setPointSizeF(max(7.0, self._font.pointSizeF() * 0.9))
+        self._metrics = QFontMetrics(self._font)
+        self._built = False
+        self._sqnr: dict[str, float] = {}
+        self._reset_state()
+        self.legend = ""
+        self.build_seconds = 0.0
+        method = weakref.WeakMethod(self._on_project)
+
+        def listener(event, names):
+            bound = method()
+            if bound is not None:
+                bound(event, names)
+
+        project.subscribe(listener)
+        self.destroyed.connect(partial(project.unsubscribe, listener))
+
+    def _reset_state(self) -> None:
+        self.activation_marks: set[str] = set()   # nodes (or inputs) whose output has a quantizer
+        self.param_marks: dict[str, int] = {}     # node -> number of its weight/bias quantizers
+        self.materialized_bands: set[int] = set()
+        self.labelled_bands: set[int] = set()
+        self._items: dict[str, QGraphicsRectItem] = {}
+        self._labels: list[QGraphicsSimpleTextItem] = []
+        self._labels_shown = True
+        self._names: list[str] = []               # every node, graph inputs first
+        self._ops: dict[str, str] = {}
+        self._feeds: set[str] = set()
+        self._pos: dict[str, tuple[float, float]] = {}
+        self._band_of: dict[str, int] = {}
+        self._bands: dict[int, list[str]] = {}
+        self._band_rects: dict[int, QRectF] = {}
+        self._layers: dict[int, list[str]] = {}
+        self._tallest = 1
+        self._strips = 1
+        self._preds: dict[str, list[str]] = {}
+        self._colour_of: dict[str, str] = {}      # node -> tensor whose SQNR colours it
+        self._tensors_of: dict[str, list[str]] = {}
+        self._node_of: dict[str, str] = {}        # quantized tensor -> node that shows it
+        self._highlighted: list[str] = []
+        self._scale = (0.0, 1.0)                  # SQNR at red, at green
+
+    # --- public API ---------------------------------------------------------------------------
+    def node_names(self) -> list[str]:
+        self.ensure_built()
+        return list(self._names)
+
+    def node_item(self, name: str) -> QGraphicsRectItem | None:
+        """The node's box (its band is created if it was not yet)."""
+        self.ensure_built()
+        if name in self._band_of:
+            self._materialize(self._band_of[name])
+        return self._items.get(name)
+
+    def tensors_of(self, node: str) -> list[str]:
+        """The quantized tensors a node stands for: its output activation (or, for a node fused with
+        the next, the group's output) first, then its weights and biases."""
+        self.ensure_built()
+        return list(self._tensors_of.get(node, ()))
+
+    def select_node(self, name: str) -> list[str]:
+        """Highlight a node and emit its tensors (what a click does); returns them."""
+        self.ensure_built()
+        if name not in self._pos:
+            return []
+        tensors = self.tensors_of(name)
+        self.highlight_nodes([name])
+        self.tensorsSelected.emit(tensors, tensors[0] if tensors else "")
+        return tensors
+
+    def highlight_tensors(self, names) -> None:
+        """Highlight the nodes that show these tensors (the table's selection), scrolling to the first."""
+        if not self._built:
+            return
+        nodes = list(dict.fromkeys(self._node_of[n] for n in names if n in self._node_of))
+        self.highlight_nodes(nodes, reveal=True)
+
+    def highlight_nodes(self, nodes, reveal: bool = False) -> None:
+        for n in self._highlighted:
+            item = self._items.get(n)
+            if item is not None:
+                item.setPen(self._node_pen())
+                item.setZValue(1)
+        self._highlighted = [n for n in nodes if n in self._pos]
+        for n in self._highlighted:
+            item = self.node_item(n)
+            item.setPen(HIGHLIGHT_PEN)
+            item.setZValue(2)
+        if reveal and self._highlighted:
+            item = self._items[self._highlighted[0]]
+            if not self._visible_rect().contains(item.sceneBoundingRect()):
+                self.centerOn(item)
+                self._materialize_visible()
+
+    def set_sqnr(self, sqnr: dict[str, float]) -> None:
+        """Colour nodes by the SQNR (dB) of their tensor; nodes without one stay grey."""
+        self._sqnr = dict(sqnr)
+        if self._built:
+            self._update_scale()
+            for n, item in self._items.items():
+                self._colour(n, item)
+
+    def fit(self) -> None:
+        """Show the whole graph, re-wrapping its strips to suit the view's current shape."""
+        self.ensure_built()
+        if self._layers:
+            strips = strips_for(len(self._layers), self._tallest, *self._view_size())
+            if strips != self._strips:
+                self._place(strips)
+        self.fitInView(self.scene().sceneRect(), Qt.KeepAspectRatio)
+        self._after_zoom()
+
+    def ensure_built(self) -> None:
+        if not self._built:
+            self._build()
+
+    # --- layout -------------------------------------------------------------------------------
+    def _on_project(self, event: str, names) -> None:
+        if not shiboken6.isValid(self):
+            return
+        if event == "model":
+            self._clear()
+            self._sqnr = {}
+            if self.isVisible():
+                self._build()
+
+    def _clear(self) -> None:
+        self.scene().clear()
+        self._reset_state()
+        self._built = False
+
+    def _build(self) -> None:
+        import time
+
+        started = time.perf_counter()
+        self._clear()
+        self._built = True
+        index = self.project.index
+        if index is None:
+            self.scene().setSceneRect(QRectF(0, 0, 10, 10))
+            return
+        graph = index.model.graph
+        ops = self._ops = {n.name: n.op_type for n in graph.node}
+        # Graph inputs are pseudo-nodes named after the tensor (unless a node has that name).
+        feeds = [i.name for i in index.inputs if i.name not in ops]
+        self._feeds = set(feeds)
+        self._names = feeds + list(ops)
+        # Edges from the index's producers and consumers: plain Python, no protobuf walk.
+        # A node inside a control-flow body counts as its main-graph node (the box drawn).
+        owner = {n: n for n in ops}
+        for node in graph.node:
+            if node.op_type in CONTROL_FLOW:
+                _claim(node, node.name, owner)
+        outputs: dict[str, list[str]] = defaultdict(list)  # a node's own outputs
+        inner: dict[str, list[str]] = defaultdict(list)    # tensors computed inside its bodies
+        preds: dict[str, list[str]] = defaultdict(list)
+        for name, info in index.tensors.items():
+            src = owner.get(info.producer) if info.producer else (name if name in self._feeds else None)
+            if src is None:
+                continue
+            (outputs if info.producer == src else inner)[src].append(name)
+            for c in info.consumers:
+                top = owner.get(c)
+                if top is not None and top != src:
+                    preds[top].append(src)
+        for f in feeds:
+            outputs[f] = [f]
+        preds = {n: list(dict.fromkeys(ps)) for n, ps in preds.items()}  # Mul(x, x): one edge
+        depth, layers = layered_layout(self._names, preds)
+        self._preds = preds
+        self._map_tensors(index, ops, outputs, inner, owner)
+        self._layers = layers
+        self._tallest = max((len(m) for m in layers.values()), default=1)
+        targets = index.targets
+        for n in self._names:
+            if any(o in targets and targets[o].kind == "activation" for o in outputs.get(n, ())):
+                self.activation_marks.add(n)
+        self._update_scale()
+        view_w, view_h = self._view_size()
+        rect = self._place(strips_for(len(layers), self._tallest, view_w, view_h))
+        # Small graphs fit; a big one opens at its inputs at a readable zoom.
+        if rect.width() <= 3 * view_w and rect.height() <= 3 * view_h:
+            self.fit()
+        else:
+            self.resetTransform()
+            self.scale(OPEN_SCALE, OPEN_SCALE)
+            first = layers[0][0] if layers.get(0) else None
+            if first is not None:
+                x, y = self._pos[first]
+                self.centerOn(QPointF(x + view_w / 2 / OPEN_SCALE - 60, y))
+            self._after_zoom()
+        self.build_seconds = time.perf_counter() - started
+
+    def _view_size(self) -> tuple[float, float]:
+        """The viewport's size, or a typical panel's before the view is first shown."""
+        if not self.isVisible():
+            return 900.0, 260.0
+        return float(max(self.viewport().width(), 200)), float(max(self.viewport().height(), 120))
+
+    def _place(self, strips: int) -> QRectF:
+        """Position every node in `strips` strips; scene items are (re)created lazily."""
+        self.scene().clear()
+        self._items, self._labels = {}, []
+        self.materialized_bands, self.labelled_bands = set(), set()
+        self._strips = strips
+        self._pos, self._band_of = place(self._layers, strips)
+        bands: dict[int, list[str]] = defaultdict(list)
+        for n in self._names:
+            bands[self._band_of[n]].append(n)
+        self._bands = dict(bands)
+        self._band_rects = {}
+        for band, members in self._bands.items():
+            bx = [self._pos[n][0] for n in members]
+            by = [self._pos[n][1] for n in members]
+            # margins: marks stick out, and edges bend back to the previous band
+            self._band_rects[band] = QRectF(min(bx) - COL_GAP, min(by) - 10,
+                                            max(bx) - min(bx) + NODE_W + 2 * COL_GAP, max(by) - min(by) + NODE_H + 20)
+        xs = [p[0] for p in self._pos.values()] or [0.0]
+        ys = [p[1] for p in self._pos.values()] or [0.0]
+        rect = QRectF(min(xs) - 40, min(ys) - 40, max(xs) - min(xs) + NODE_W + 80, max(ys) - min(ys) + NODE_H + 80)
+        self.scene().setSceneRect(rect)
+        return rect
+
+    def _map_tensors(self, index, ops, outputs, inner, owner) -> None:
+        """Which tensors a node stands for, and which tensor colours it."""
+        targets = index.targets
+
+        def carried(tensor: str) -> str | None:
+            """The measured tensor that carries the error of `tensor`: itself, or for the inner
+            output of a fused group (no quantizer, not an alias) the group's output."""
+            for _ in range(MAX_FOLLOW + 1):
+                if tensor in targets and targets[tensor].kind == "activation":
+                    return tensor
+                info = index.tensors.get(tensor)
+                if info is None or tensor in index.aliases or not index.is_float(tensor):
+                    return None
+                nexts = [c for c in info.consumers if c in ops]
+                if len(nexts) != 1 or not outputs.get(nexts[0]):
+                    return None
+                tensor = outputs[nexts[0]][0]
+            return None
+
+        params: dict[str, list[str]] = defaultdict(list)
+        for name, t in targets.items():
+            if t.kind != "activation" and t.node in owner:
+                params[owner[t.node]].append(name)
+        for n in self._names:
+            shown = []
+            for o in outputs.get(n, ()):
+                c = carried(o)
+                if c is not None and c not in shown:
+                    shown.append(c)
+            if shown:
+                self._colour_of[n] = shown[0]
+            shown += [t for t in inner.get(n, ()) if t in targets and targets[t].kind == "activation"]
+            self._tensors_of[n] = shown + params.get(n, [])
+            if params.get(n):
+                self.param_marks[n] = len(params[n])
+            for t in self._tensors_of[n]:
+                self._node_of.setdefault(t, n)
+        for n in self._names:  # an activation is shown on the node that computes it
+            for o in outputs.get(n, ()):
+                if o in targets:
+                    self._node_of[o] = n
+
+    # --- scene items, created a band at a time -------------------------------------------------
+    def _node_pen(self) -> QPen:
+        return NODE_PEN if self._labels_shown else NO_PEN
+
+    def _visible_rect(self) -> QRectF:
+        return self.mapToScene(self.viewport().rect()).boundingRect()
+
+    def _materialize_visible(self) -> None:
+        if not self._built or not self._bands:
+            return
+        rect = self._visible_rect()
+        for band, box in self._band_rects.items():
+            if box.intersects(rect):
+                self._materialize(band)
+                if self._labels_shown:
+                    self._label(band)
+
+    def _materialize(self, band: int) -> None:
+        if band in self.materialized_bands or band not in self._bands:
+            return
+        self.materialized_bands.add(band)
+        scene = self.scene()
+        edges, wraps, acts, params = QPainterPath(), QPainterPath(), QPainterPath(), QPainterPath()
+        for n in self._bands[band]:
+            x, y = self._pos[n]
+            item = QGraphicsRectItem(0, 0, NODE_W, NODE_H)
+            item.setPos(x, y)
+            item.setPen(HIGHLIGHT_PEN if n in self._highlighted else self._node_pen())
+            item.setZValue(2 if n in self._highlighted else 1)
+            item.setData(0, n)
+            scene.addItem(item)
+            self._items[n] = item
+            self._colour(n, item)
+            mid = y + NODE_H / 2
+            if n in self.activation_marks:
+                acts.addEllipse(QPointF(x + NODE_W, mid), 4.5, 4.5)
+            for k in range(self.param_marks.get(n, 0)):
+                params.addRect(QRectF(x + 8 + 11 * k, y - 4, 8, 8))
+            for q in self._preds.get(n, ()):  # incoming edges live with their target's band
+                sx, sy = self._pos[q]
+                sx, sy = sx + NODE_W, sy + NODE_H / 2
+                if sx > x:  # from an earlier strip: a faint straight line back
+                    wraps.moveTo(sx, sy)
+                    wraps.lineTo(x, mid)
+                    continue
+                bend = max(COL_GAP * 0.6, (x - sx) * 0.3)
+                edges.moveTo(sx, sy)
+                edges.cubicTo(sx + bend, sy, x - bend, mid, x, mid)
+        scene.addPath(edges, EDGE_PEN).setZValue(0)
+        scene.addPath(wraps, WRAP_PEN).setZValue(0)
+        scene.addPath(acts, QPen(Qt.NoPen), ACT_MARK).setZValue(3)
+        scene.addPath(params, QPen(Qt.NoPen), PARAM_MARK).setZValue(3)
+        if self._labels_shown:
+            self._label(band)
+
+    def _label(self, band: int) -> None:
+        """Labels are created only for bands seen at a zoom where they can be read."""
+        if band in self.labelled_bands:
+            return
+        self.labelled_bands.add(band)
+        for n in self._bands[band]:
+            op = self._ops.get(n, INPUT_OP)
+            text = f"{op}\n{self._metrics.elidedText(n, Qt.ElideMiddle, int(NODE_W - 10))}"
+            label = QGraphicsSimpleTextItem(text, self._items[n])
+            label.setFont(self._font)
+            label.setPos(5, 4)
+            label.setVisible(self._labels_shown)
+            label.setCacheMode(QGraphicsItem.DeviceCoordinateCache)
+            self._labels.append(label)
+
+    def _update_scale(self) -> None:
+        values = [self._sqnr[t] for t in self._colour_of.values() if t in self._sqnr and math.isfinite(self._sqnr[t])]
+        if not values:
+            self.legend = ""
+            self._scale = (0.0, 1.0)
+            return
+        lo, hi = min(values), max(values)
+        hi = max(hi, lo + 10.0)  # a spread under 10 dB is not worth a red-to-green scale
+        self._scale = (lo, hi)
+        self.legend = f"colour: SQNR of the node's output, red {lo:.1f} dB … green {hi:.1f} dB; grey: not measured"
+
+    def _colour(self, n: str, item: QGraphicsRectItem) -> None:
+        t = self._colour_of.get(n)
+        tip = self._tooltip(n)
+        if t is None or t not in self._sqnr:
+            item.setBrush(INPUT_BRUSH if n in self._feeds else NODE_BRUSH)
+        else:
+            db = self._sqnr[t]
+            item.setBrush(QBrush(sqnr_color(db, *self._scale)))
+            tip += f"\nSQNR of {t}: {db:.1f} dB"
+        item.setToolTip(tip)
+
+    def _tooltip(self, node: str) -> str:
+        tensors = self._tensors_of.get(node, [])
+        lines = [f"{node} ({self._ops.get(node, INPUT_OP)})"]
+        if tensors:
+            lines.append("quantized: " + ", ".join(tensors[:6]) + (" …" if len(tensors) > 6 else ""))
+        return "\n".join(lines)
+
+    def _after_zoom(self) -> None:
+        show = self.transform().m11() >= LABEL_MIN_SCALE
+        if show != self._labels_shown:  # labels, and outlines that would hide the colour of tiny boxes
+            self._labels_shown = show
+            for label in self._labels:
+                label.setVisible(show)
+            pen = self._node_pen()
+            for n, item in self._items.items():
+                if n not in self._highlighted:
+                    item.setPen(pen)
+        self._materialize_visible()
+
+    # --- interaction --------------------------------------------------------------------------
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._built:
+            self._build()
+        self._after_zoom()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._after_zoom()
+
+    def scrollContentsBy(self, dx: int, dy: int) -> None:
+        super().scrollContentsBy(dx, dy)
+        self._after_zoom()  # fitInView scrolls before it returns: check the zoom here too
+
+    def wheelEvent(self, event) -> None:
+        factor = 1.0015 ** event.angleDelta().y()
+        scale = self.transform().m11() * factor
+        if 0.02 <= scale <= 4.0:
+            self.scale(factor, factor)
+            self._after_zoom()
+        event.accept()
+
+    def keyPressEvent(self, event) -> None:
+        if event.key() == Qt.Key_F:
+            self.fit()
+            return
+        if event.key() in (Qt.Key_Plus, Qt.Key_Equal, Qt.Key_Minus):
+            factor = 1.25 if event.key() != Qt.Key_Minus else 0.8
+            self.scale(factor, factor)
+            self._after_zoom()
+            return
+        super().keyPressEvent(event)
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.LeftButton:
+            item = self.itemAt(event.position().toPoint())
+            while item is not None and item.parentItem() is not None:
+                item = item.parentItem()
+            name = item.data(0) if item is not None else None
+            if name in self._items:
+                self.select_node(name)
+                event.accept()
+                return
+        super().mousePressEvent(event)
+
+
+class GraphPanel(QWidget):
+    """The graph view with a one-line legend and a Fit button (objectName ``graphPanel``)."""
+
+    def __init__(self, project, parent=None):
+        super().__init__(parent)
+        self.setObjectName("graphPanel")
+        self.view = GraphView(project, self)
+        self.legend = QLabel(objectName="graphLegend")
+        self.legend.setTextFormat(Qt.RichText)
+        fit = QPushButton("Fit (F)", objectName="graphFitButton")
+        fit.clicked.connect(self.view.fit)
+        bar = QHBoxLayout()
+        bar.addWidget(self.legend, 1)
+        bar.addWidget(fit)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.view, 1)
+        layout.addLayout(bar)
+        self.update_legend()
+
+    def set_sqnr(self, sqnr: dict[str, float]) -> None:
+        self.view.set_sqnr(sqnr)
+        self.update_legend()
+
+    def update_legend(self) -> None:
+        marks = ("<span style='color:#ef6c00'>●</span> activation quantizer &nbsp; "
+                 "<span style='color:#6a1b9a'>■</span> weight/bias quantizer")
+        self.legend.setText(marks + (" &nbsp;·&nbsp; " + self.view.legend if self.view.legend else ""))

@@ -1,0 +1,177 @@
+"""The graph view: layered layout, quantizer marks, SQNR colours, node clicks, big graphs."""
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PySide6.QtCore import Qt
+
+from qinspect.core.model import load_model
+from qinspect.core.project import Project
+from qinspect.gui import create_main_window
+from qinspect.gui.graph_layout import BAND, layered_layout, place, strips_for
+from qinspect.gui.graph_view import GraphView
+from qinspect.gui.main_window import EXAMPLE_DATA
+
+WAIT = 60_000
+
+
+@pytest.fixture
+def window(qtbot, messages):
+    w = create_main_window()
+    qtbot.addWidget(w)
+    yield w
+    w.cancel()
+    w.wait_for_jobs(10_000)
+
+
+def big_dag(blocks: int) -> onnx.ModelProto:
+    """3 nodes per block: MatMul -> Relu -> Add(residual from the block input): 3 x blocks nodes."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.3).astype(np.float32), "w")
+    nodes, x = [], "x"
+    for i in range(blocks):
+        nodes += [
+            helper.make_node("MatMul", [x, "w"], [f"mm{i}"], name=f"mm{i}"),
+            helper.make_node("Relu", [f"mm{i}"], [f"r{i}"], name=f"relu{i}"),
+            helper.make_node("Add", [f"r{i}", x], [f"y{i}"], name=f"add{i}"),
+        ]
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # onnx 1.23's default is refused by onnxruntime 1.31
+    return model
+
+
+def test_layered_layout_depths_and_rows():
+    preds = {"a": ["x"], "b": ["a"], "c": ["a"], "d": ["b", "c", "x"]}
+    depth, layers = layered_layout(["x", "a", "b", "c", "d"], preds)
+    assert depth == {"x": 0, "a": 1, "b": 2, "c": 2, "d": 3}
+    assert layers[2] == ["b", "c"]
+    # a cycle (invalid ONNX) and unknown names: every node is still placed once
+    depth, layers = layered_layout(["q", "p"], {"q": ["p", "nowhere"], "p": ["q"]})
+    assert sorted(depth) == ["p", "q"] and sum(len(v) for v in layers.values()) == 2
+
+
+def test_strips_fill_the_view():
+    assert strips_for(12, 1, 3000, 300) == 1  # fits at full size: one row
+    assert strips_for(12, 1, 900, 260) == 2   # two rows of 6 are shown larger than one of 12
+    s = strips_for(3000, 1, 900, 300)
+    pos, band_of = place({d: [f"n{d}"] for d in range(3000)}, s)
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    assert 1 < (max(xs) - min(xs)) / (max(ys) - min(ys)) < 6  # about the view's shape
+    assert max(band_of.values()) + 1 >= 3000 / BAND
+
+
+def test_marks_and_tensors_on_the_example(qtbot, window):
+    graph = window.findChild(object, "graphView")
+    assert graph is window.graph
+    assert set(graph.node_names()) == set(window.project.index.nodes) | {"input"}
+    # quantizers: after each fused Conv+Relu, not between them nor after the MaxPool (it reuses its input's)
+    assert {"input", "conv1_relu", "conv2_relu", "fc2"} <= graph.activation_marks
+    assert not {"conv1", "pool", "flatten"} & graph.activation_marks
+    assert graph.param_marks["conv2"] == 2
+    assert graph.tensors_of("conv2") == ["conv2_relu_out", "conv2.weight", "conv2.bias"]
+    assert graph.tensors_of("pool") == []
+
+
+def test_clicking_a_node_selects_its_tensors_and_colours_follow_sqnr(qtbot, window):
+    window.show()
+    qtbot.waitExposed(window)
+    window.graph_dock.raise_()
+    with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
+        window.calibrate(str(EXAMPLE_DATA))
+    graph = window.graph
+    item = graph.node_item("conv2")
+    graph.centerOn(item)
+    qtbot.wait(50)
+    point = graph.mapFromScene(item.sceneBoundingRect().center())
+    qtbot.mouseClick(graph.viewport(), Qt.LeftButton, pos=point)
+    assert window.table.selected_names() == ["conv2.weight", "conv2.bias", "conv2_relu_out"]
+    assert window.histogram.tensor == "conv2_relu_out"
+    assert item.pen().widthF() > 1  # highlighted, with the Relu that computes conv2_relu_out
+    assert graph._highlighted == ["conv2", "conv2_relu"]
+    # the table's selection highlights the node back
+    window.table.select(["fc1.weight"])
+    assert graph.node_item("fc1").pen().widthF() > 1 and item.pen().widthF() == 1
+    # colours: the worst measured node is red, the best green; unmeasured nodes keep the default
+    sqnr = window.live_error.sqnr
+    colour_of = graph._colour_of
+    worst = min((n for n in colour_of if colour_of[n] in sqnr), key=lambda n: sqnr[colour_of[n]])
+    best = max((n for n in colour_of if colour_of[n] in sqnr), key=lambda n: sqnr[colour_of[n]])
+    assert graph.node_item(worst).brush().color().hueF() < 0.05
+    assert graph.node_item(best).brush().color().hueF() > 0.25
+    assert graph.node_item("pool").brush().color().saturationF() < 0.1
+    # an edit re-colours: 4-bit conv2 becomes the worst
+    with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
+        window.project.apply_edit(["conv2_relu_out"], {"bw": 4})
+    assert graph.node_item("conv2").brush().color().hueF() < 0.05
+
+
+def test_select_node_drives_the_window(qtbot, window):
+    tensors = window.graph.select_node("fc2")
+    assert tensors == ["logits", "fc2.weight", "fc2.bias"]
+    assert window.table.selected_names() == ["fc2.weight", "fc2.bias", "logits"]
+    assert window.histogram.tensor == "logits"
+    assert window.graph.select_node("no such node") == []
+
+
+def test_a_3000_node_graph_builds_and_stays_cheap(qtbot):
+    started = time.perf_counter()
+    project = Project(load_model(big_dag(1000)))
+    loaded = time.perf_counter() - started
+    view = GraphView(project)
+    qtbot.addWidget(view)
+    view.resize(900, 400)
+    started = time.perf_counter()
+    view.show()
+    qtbot.waitExposed(view)
+    shown = time.perf_counter() - started
+    assert len(view.node_names()) == 3001  # nodes and the input
+    lazily = len(view.scene().items())
+    assert len(view.materialized_bands) < 10  # only the bands in view have items
+    assert view._strips > 10  # a deep chain wraps into strips
+    rng = np.random.default_rng(1)
+    sqnr = {n: float(rng.uniform(10, 50)) for n in project.index.targets}
+    started = time.perf_counter()
+    view.set_sqnr(sqnr)
+    coloured = time.perf_counter() - started
+    started = time.perf_counter()
+    assert view.select_node("relu500") == ["r500"]
+    qtbot.wait(10)
+    selected = time.perf_counter() - started
+    started = time.perf_counter()
+    view.fit()
+    view.grab()
+    fitted = time.perf_counter() - started
+    assert len(view.materialized_bands) == len(view._bands)  # fitting shows (so creates) every node
+    assert len(view.labelled_bands) < 10  # but no labels too small to read
+    print(f"\n3000-node graph: load {loaded * 1000:.0f} ms, build {view.build_seconds * 1000:.0f} ms "
+          f"(show {shown * 1000:.0f} ms), colour {coloured * 1000:.0f} ms, select {selected * 1000:.0f} ms, "
+          f"fit and paint everything {fitted * 1000:.0f} ms; {lazily} items before fitting")
+
+
+def test_a_control_flow_node_stands_for_its_bodies(qtbot):
+    vi = helper.make_tensor_value_info
+    w = numpy_helper.from_array(np.random.default_rng(6).standard_normal((2, 2, 1, 1)).astype(np.float32), "w_then")
+    then_g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w_then"], ["c_then"], name="then_conv"),
+         helper.make_node("Relu", ["c_then"], ["r_then"], name="then_relu")],
+        "then", [], [vi("r_then", TensorProto.FLOAT, [1, 2, 4, 4])], [w])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["x_else"], name="else_id")],
+                               "else", [], [vi("x_else", TensorProto.FLOAT, [1, 2, 4, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)], "g",
+        [vi("x", TensorProto.FLOAT, [1, 2, 4, 4]), vi("cond", TensorProto.BOOL, [])],
+        [vi("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    view = GraphView(Project(load_model(model)))
+    qtbot.addWidget(view)
+    assert sorted(view.node_names()) == ["branch", "cond", "x"]
+    assert sorted(view._preds["branch"]) == ["cond", "x"]  # x is read inside the bodies only
+    assert view.tensors_of("branch") == ["y", "r_then", "w_then"]
+    assert view.param_marks == {"branch": 1}
