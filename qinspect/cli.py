@@ -139,6 +139,8 @@ def run_export(args) -> int:
     if not args.qdq and not args.ort_overrides:
         raise _Usage("nothing to export: give --qdq OUT.onnx and/or --ort-overrides OUT.json")
     index = load_model(args.model)
+    for note in index.notes:
+        print(f"qinspect: note: {note}", file=sys.stderr)
     encodings = _read_encodings(args.encodings, index)
     protect = [args.model, args.encodings]
     if args.qdq:
@@ -309,8 +311,12 @@ def run_calibrate(args) -> int:
             raise _Usage(f"execution provider(s) {', '.join(missing)} not in this onnxruntime; have {available_providers()}")
     progress = NullProgress() if args.quiet else TerminalProgress()
     result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers)
+    for note in index.notes:
+        print(f"qinspect: note: {note}", file=sys.stderr)
     for name, why in result.skipped.items():
         print(f"qinspect: warning: {name}: no statistics ({why})", file=sys.stderr)
+    for line in result.warnings:
+        print(f"qinspect: warning: {line}", file=sys.stderr)
     for name, s in result.stats.items():
         if s.nonfinite_count:
             print(

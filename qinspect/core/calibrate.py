@@ -4,10 +4,18 @@ One session exposes the activations as extra outputs; each batch's outputs are r
 `TensorStats` and dropped, so memory does not grow with the number of samples. When exposing every
 tensor at once would need too much memory for one batch, the tensors are split into groups and the
 data is run once per group.
+
+Tensors inside If/Loop/Scan subgraphs are carried out to main-graph outputs by `lift` (a Loop or
+Scan stacks them over its iterations). What cannot be calibrated is listed per tensor in
+`CalibrationResult.skipped` with the reason: a branch that never ran on the data, a loop tensor
+whose shape changes between iterations (onnxruntime cannot stack it), a subgraph of another op.
+`CalibrationResult.warnings` adds one line per tensor whose range is blown up (attention masks,
+outliers: see `diagnostics`) and per model output whose real shape contradicts its declared one.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +31,10 @@ from .stats import DEFAULT_BINS, TensorStats
 
 # Activation bytes of one batch that may be exposed at once; larger models run in several passes.
 DEFAULT_GROUP_BYTES = 1 << 30
+# Values of each tensor per batch that go into its histogram (a fixed-stride subsample; count, min,
+# max and NaN/Inf counts stay exact). Binning every value costs 2-4x the inference itself on large
+# activations; None bins every value (exact histograms). See bench/README.md for what it does to ranges.
+DEFAULT_HISTOGRAM_SAMPLE = 16384
 _TWO_GB = 2**31 - 1
 
 
@@ -33,6 +45,9 @@ class CalibrationResult:
     passes: int = 1
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it has no statistics
+    histogram_sample: int | None = None  # values per tensor per batch binned; None: every value
+    warnings: list[str] = field(default_factory=list)  # one line each: blown-up ranges, output shapes
+    diagnostics: list = field(default_factory=list)    # diagnostics.RangeWarning of tensors to look at
 
 
 def available_providers() -> list[str]:
@@ -64,28 +79,103 @@ def plan_groups(index, names: list[str], batch: int, budget: int = DEFAULT_GROUP
     return [g for g in groups if g]
 
 
-def _session(index, outputs: list[str], providers, workdir: str) -> ort.InferenceSession:
+def _session(index, names: list[str], providers, workdir: str):
+    """A session exposing `names`; returns (session, output name by tensor, reason by refused tensor).
+
+    Main-graph tensors are added as outputs; subgraph tensors are carried out by `lift`.
+    """
+    from .lift import lift
+
     model = onnx.ModelProto()
     model.CopyFrom(index.model)
     graph = model.graph
+    elem = {n: helper.np_dtype_to_tensor_dtype(np.dtype(index.tensors[n].dtype)) for n in names}
+    rank = {n: len(index.tensors[n].shape) for n in names if index.tensors[n].shape is not None}
+    read, refused = lift(model, names, elem, rank)
     existing = {o.name for o in graph.output}
-    for name in outputs:
-        if name in existing:
-            continue
-        elem = helper.np_dtype_to_tensor_dtype(np.dtype(index.tensors[name].dtype))
-        graph.output.append(helper.make_tensor_value_info(name, elem, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    for name, out in read.items():
+        if out == name and name not in existing:
+            graph.output.append(helper.make_tensor_value_info(name, elem[name], None))
+            existing.add(name)
+    return make_session(model, providers, workdir, index), read, refused
+
+
+def ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message without its error code and C++ source location, on one line."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^/\S+:\d+ [^(]*\([^)]*\)(?: const)? ", "", text)  # "file.h:46 void f(args) "
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def runtime_problem(label: str, exc: BaseException) -> ModelError:
+    """A one-line ModelError for a model onnxruntime refuses, with what to do about it."""
+    reason = ort_reason(exc)
+    full = " ".join(str(exc).split())
+    too_new = re.search(r"official support for domain ai\.onnx is till opset (\d+)", full)
+    if too_new:
+        m = re.search(r"Opset (\d+)", full)
+        have = f"opset {m.group(1)}" if m else "an opset"
+        return ModelError(f"{label} uses {have}, newer than this onnxruntime runs (up to opset {too_new.group(1)}): "
+                          f"export it at opset {too_new.group(1)} or lower, or upgrade onnxruntime")
+    return ModelError(f"{label}: onnxruntime cannot run it ({reason}); check that its ops and opset are "
+                      f"supported by onnxruntime {ort.__version__}, or re-export it")
+
+
+def make_session(model: onnx.ModelProto, providers, workdir: str | None, index=None, *,
+                 options: ort.SessionOptions | None = None, name: str = "calibration") -> ort.InferenceSession:
+    """An onnxruntime session of `model` (a proto). Tensor data left in the input model's external
+    files is read by onnxruntime from there (never copied); a proto over 2 GB goes through a file."""
+    label = (index.path if index is not None else None) or "the model"
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # failures come back as exceptions, reported in one line
+    external = getattr(index, "external_dir", None)
+    if external:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", external)
     try:
         if model.ByteSize() < _TWO_GB:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         # Protobuf cannot hold 2 GB: hand onnxruntime a file with external data instead.
-        path = os.path.join(workdir, "calibration.onnx")
-        onnx.save_model(model, path, save_as_external_data=True, location="calibration.data")
+        path = os.path.join(workdir, f"{name}.onnx")
+        onnx.save_model(model, path, save_as_external_data=True, location=f"{name}.data")
         return ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        where = index.path or "the model"
-        raise ModelError(f"{where}: onnxruntime cannot run it ({str(exc).splitlines()[0]})") from exc
+        raise runtime_problem(label, exc) from exc
+
+
+def _failing(index, names: list[str], feeds, providers, workdir) -> dict[str, str]:
+    """The tensors of `names` whose exposure makes the batch `feeds` fail, with onnxruntime's reason
+    (halving the set, so a few bad tensors among many cost a few sessions)."""
+    try:
+        session, read, _ = _session(index, names, providers, workdir)
+        session.run([read[n] for n in names if n in read] or None, feeds)
+        return {}
+    except Exception as exc:
+        if len(names) == 1:
+            return {names[0]: ort_reason(exc).split("Status Message: ")[-1]}
+    half = len(names) // 2
+    return {**_failing(index, names[:half], feeds, providers, workdir),
+            **_failing(index, names[half:], feeds, providers, workdir)}
+
+
+def _declared_shape(vi) -> tuple | None:
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+
+
+def _warned(warnings: list[str], name: str) -> bool:
+    return any(w.startswith(f"output '{name}'") for w in warnings)
+
+
+def _check_shape(name: str, declared: tuple, actual: tuple, warnings: list[str]) -> None:
+    """Note a model output whose real shape contradicts its declared one (onnxruntime runs it anyway)."""
+    wrong = len(declared) != len(actual) or any(d is not None and d > 0 and d != a for d, a in zip(declared, actual))
+    if wrong:
+        shown = "(" + ", ".join("?" if d is None else str(d) for d in declared) + ")"
+        warnings.append(f"output '{name}' is declared {shown} but is {tuple(actual)} when run; the declared shape is "
+                        f"wrong (harmless here; fix it in the exporter)")
 
 
 def _run(session, feeds, names, source) -> list:
@@ -93,7 +183,8 @@ def _run(session, feeds, names, source) -> list:
         return session.run(names, feeds)
     except Exception as exc:
         shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
-        raise DataError(f"{source}: onnxruntime failed on a batch ({shapes}): {str(exc).splitlines()[0]}") from exc
+        raise DataError(f"{source}: onnxruntime failed on a batch ({shapes}): {ort_reason(exc)}; check that the "
+                        f"data suit the model's inputs") from exc
 
 
 def calibrate(
@@ -105,8 +196,12 @@ def calibrate(
     providers: list[str] | None = None,
     bins: int = DEFAULT_BINS,
     group_bytes: int = DEFAULT_GROUP_BYTES,
+    histogram_sample: int | None = DEFAULT_HISTOGRAM_SAMPLE,
 ) -> CalibrationResult:
     """Statistics of every activation of `index` over the samples of `data`.
+
+    Count, min, max and NaN/Inf counts are exact. Histograms bin at most `histogram_sample` values of
+    each tensor per batch (`TensorStats.sampled` tells which did); None bins every value.
 
     Cancellation is checked between batches and raises `Cancelled`; nothing is returned then, so
     the caller's previous state stays as it was.
@@ -116,43 +211,77 @@ def calibrate(
     started = time.perf_counter()
     stats: dict[str, TensorStats] = {}
     skipped: dict[str, str] = {}
+    warnings: list[str] = []
+    source = getattr(data, "name", "calibration data")
     feed_names = {i.name for i in index.inputs}
     main_graph = {o for n in index.model.graph.node for o in n.output}
-    exposed = []
-    for name in index.activations():
-        if name in feed_names:
-            continue
-        if name in main_graph:
-            exposed.append(name)
-        else:
-            skipped[name] = "inside a control-flow subgraph, which calibration does not reach yet"
+    exposed = [n for n in index.activations() if n not in feed_names]
     inputs_to_track = [n for n in index.activations() if n in feed_names]
     groups = plan_groups(index, exposed, batch_size, group_bytes) or [[]]
     samples = len(data)
     if samples == 0:
-        raise DataError("the calibration data has no samples")
+        raise DataError(f"{source}: holds no samples; calibration needs at least one")
     total = samples * len(groups)
     done = 0
     progress.update(0, total, "starting")
+    declared = {o.name: _declared_shape(o) for o in index.model.graph.output}
     with tempfile.TemporaryDirectory(prefix="qinspect-") as workdir:
         for g, group in enumerate(groups):
             check_cancel(progress)
-            outputs = group or [index.outputs[0]]
-            session = _session(index, outputs, providers, workdir)
-            track_inputs = g == 0
-            for count, feeds in data.counted_batches(batch_size):
-                check_cancel(progress)
-                values = _run(session, feeds, outputs, getattr(data, "name", "calibration data"))
-                for name, value in zip(outputs, values):
-                    if group:
-                        stats.setdefault(name, TensorStats(bins)).update(value)
-                if track_inputs:
-                    for name in inputs_to_track:
-                        stats.setdefault(name, TensorStats(bins)).update(feeds[name])
-                del values
-                done += count
-                progress.update(min(done, total), total, f"pass {g + 1}/{len(groups)}")
-            del session
+            names = list(group)
+            while True:
+                session, read, refused = _session(index, names, providers, workdir)
+                for name, why in refused.items():
+                    skipped[name] = why
+                names = [n for n in names if n in read]
+                outputs = [read[n] for n in names] or [index.outputs[0]]
+                partial: dict[str, TensorStats] = {}
+                before = done
+                feeds = None
+                try:
+                    for count, feeds in data.counted_batches(batch_size):
+                        check_cancel(progress)
+                        values = _run(session, feeds, outputs, source)
+                        for name, value in zip(names, values):
+                            partial.setdefault(name, TensorStats(bins, histogram_sample)).update(value)
+                            if name in declared and declared[name] is not None and not _warned(warnings, name):
+                                _check_shape(name, declared[name], np.shape(value), warnings)
+                        if g == 0:
+                            for name in inputs_to_track:
+                                partial.setdefault(name, TensorStats(bins, histogram_sample)).update(feeds[name])
+                        del values
+                        done += count
+                        progress.update(min(done, total), total, f"pass {g + 1}/{len(groups)}")
+                except DataError as exc:
+                    inner = [n for n in names if n not in main_graph]
+                    if not inner or feeds is None:
+                        raise
+                    # A subgraph tensor onnxruntime cannot carry out (a loop tensor whose shape changes
+                    # between iterations): find which, calibrate the rest, and say which have no statistics.
+                    del session
+                    bad = _failing(index, inner, feeds, providers, workdir) or {n: ort_reason(exc) for n in inner}
+                    if _failing(index, [n for n in names if n not in bad], feeds, providers, workdir):
+                        raise  # the data fail the model itself
+                    for name, why in bad.items():
+                        skipped[name] = f"onnxruntime could not carry it out of its subgraph ({why})"
+                    names = [n for n in names if n not in bad]
+                    done = before
+                    continue
+                finally:
+                    session = None
+                stats.update(partial)
+                break
+    for name in exposed:
+        s = stats.get(name)
+        if name not in main_graph and name not in skipped and (s is None or (s.count == 0 and not s.nonfinite_count)):
+            stats.pop(name, None)  # no values: an encoding from nothing would be wrong, so it stays float
+            skipped[name] = ("never computed on the calibration data (its If branch was not taken or its loop ran "
+                             "no iteration); it stays float")
     for name in list(index.weights()) + list(index.biases()):
         stats[name] = TensorStats.of(index.initializer(name), bins)
-    return CalibrationResult(stats, samples, len(groups), time.perf_counter() - started, skipped)
+    from .diagnostics import range_warnings
+
+    diagnostics = range_warnings(stats, index)
+    warnings.extend(d.message for d in diagnostics)
+    return CalibrationResult(stats, samples, len(groups), time.perf_counter() - started, skipped,
+                             histogram_sample=histogram_sample, warnings=warnings, diagnostics=diagnostics)

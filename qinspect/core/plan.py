@@ -240,7 +240,14 @@ def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults
     if s.per_channel and axis is not None and values.ndim > axis:
         if s.scheme == "tf":
             others = tuple(i for i in range(values.ndim) if i != axis)
-            lo, hi = values.min(axis=others), values.max(axis=others)
+            finite = np.isfinite(values)
+            if finite.all():
+                lo, hi = values.min(axis=others), values.max(axis=others)
+            else:  # NaN/Inf never reach a range; a channel with no finite value gets the minimum range
+                lo = np.where(finite, values, np.inf).min(axis=others)
+                hi = np.where(finite, values, -np.inf).max(axis=others)
+                empty = ~np.isfinite(lo)
+                lo, hi = np.where(empty, 0.0, lo), np.where(empty, 0.0, hi)
         else:
             ranges = [
                 choose_range(c, s.scheme, bw=s.bw, symmetric=True, percentile=s.percentile)
@@ -261,7 +268,8 @@ def _bias_encoding(s, values, in_enc, w_enc, defaults) -> Encoding:
     if in_enc is not None and w_enc is not None and not in_enc.is_float and len(in_enc.scale) == 1:
         return bias_encoding(in_enc.scale[0], w_enc.scales, axis=0)
     # No input or weight scale to multiply: AIMET's fallback from the bias values themselves.
-    scale = max(float(np.abs(values).max(initial=0.0)) / 2**31, MIN_BIAS_SCALE)
+    finite = np.abs(values[np.isfinite(values)])
+    scale = max(float(finite.max(initial=0.0)) / 2**31, MIN_BIAS_SCALE)
     return Encoding(bw=32, scale=(scale,), offset=(-(2**31),), symmetric=True)
 
 
@@ -295,8 +303,13 @@ def derive_encodings(
             continue
         encodings.pop(name, None)
         s = plan.settings(target.kind, name)
+        untouched = name not in plan.edits
         if s.encoding is not None:
             encodings[name] = s.encoding
+        elif untouched and getattr(target, "existing", None) is not None:
+            encodings[name] = target.existing  # an already quantized model keeps its own encodings
+        elif untouched and getattr(index, "quantized_model", False):
+            encodings[name] = float_encoding(32)  # ... and leaves the rest float, as it was
         elif s.dtype == "float":
             encodings[name] = float_encoding(s.bw)
         elif target.kind == "activation":
@@ -309,6 +322,12 @@ def derive_encodings(
         s = plan.settings("bias", name)
         if s.encoding is not None:
             encodings[name] = s.encoding
+            continue
+        if name not in plan.edits and getattr(target, "existing", None) is not None:
+            encodings[name] = target.existing
+            continue
+        if name not in plan.edits and getattr(index, "quantized_model", False):
+            encodings[name] = float_encoding(32)
             continue
         in_enc = w_enc = None
         if target.bias_inputs:

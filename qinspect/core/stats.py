@@ -4,21 +4,35 @@ The histogram keeps a fixed number of equal bins. When new data falls outside it
 grows by a whole factor and old bins map onto new ones exactly (old edges stay on the new grid), so
 growing never smears counts. Two statistics with unrelated ranges merge by spreading each old bin's
 count proportionally over the new bins it overlaps.
+
+Cost: count, min, max and the NaN/Inf counts are always exact (two vectorised passes). Binning costs
+several times more per value than the inference that produced it, so `TensorStats(sample=m)` bins
+at most about m values of each update (a fixed-stride subsample, weighted so that the counts still
+sum to the number of values seen), plus the exact min and max. `sample=None` (the default of
+`TensorStats`; `calibrate` chooses its own) bins every value.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
 DEFAULT_BINS = 2048
+_BLOCK = 1 << 16  # values binned per step on the exact path, so temporaries stay in cache
+_GOLDEN = 0.6180339887498949  # moves the subsample's start from one update to the next
 
 
 class TensorStats:
     """Statistics of every value seen of one tensor. NaN and +-Inf are counted, never binned."""
 
-    def __init__(self, bins: int = DEFAULT_BINS):
+    def __init__(self, bins: int = DEFAULT_BINS, sample: int | None = None):
         self.bins = int(bins)
+        if sample is not None and int(sample) < 16:
+            raise ValueError(f"sample must be None (bin every value) or at least 16, not {sample!r}")
+        self.sample = None if sample is None else int(sample)
+        self.sampled = False  # True once a histogram was built from a subsample of an update
+        self._updates = 0
         self.count = 0
         self.nan_count = 0
         self.posinf_count = 0
@@ -46,26 +60,78 @@ class TensorStats:
         x = np.asarray(x)
         if x.dtype.kind != "f" or x.dtype.itemsize < 4:
             x = x.astype(np.float32)
-        x = x.ravel()
-        finite = np.isfinite(x)
-        if not finite.all():
-            nan = np.isnan(x)
-            self.nan_count += int(nan.sum())
+        shape = x.shape
+        x = x.reshape(-1)
+        if x.size == 0:
+            return
+        # min and max propagate NaN and show +-Inf, so they also tell whether anything is non-finite.
+        bmin, bmax = float(x.min()), float(x.max())
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):
+            finite = np.isfinite(x)
+            self.nan_count += int(np.count_nonzero(np.isnan(x)))
             self.posinf_count += int(np.count_nonzero(x == np.inf))
             self.neginf_count += int(np.count_nonzero(x == -np.inf))
             x = x[finite]
-        if x.size == 0:
-            return
-        bmin, bmax = float(x.min()), float(x.max())
+            shape = x.shape
+            if x.size == 0:
+                return
+            bmin, bmax = float(x.min()), float(x.max())
         self._cover(bmin, bmax)
         self.min = min(self.min, bmin)
         self.max = max(self.max, bmax)
-        self.count += x.size
-        # bincount on precomputed indices is about twice as fast as np.histogram.
+        n = x.size
+        self.count += n
+        if self.sample is None or n <= self.sample:
+            self._bin(x, 1.0)
+            return
+        # A fixed-stride subsample. The stride is a prime that divides no dimension, so the sample
+        # visits every index of every axis evenly (a stride sharing a factor with, say, the channel
+        # count would only ever see some channels); its start moves from one update to the next.
+        step = _stride(n, self.sample, shape)
+        self._updates += 1
+        part = x[int(self._updates * _GOLDEN % 1.0 * step)::step]
+        self._bin(part, (n - 2) / part.size)
+        # The extremes are known exactly: each adds its own count, so the histogram spans [min, max].
         scale = self.bins / (self.hi - self.lo)
-        idx = ((x - x.dtype.type(self.lo)) * x.dtype.type(scale)).astype(np.intp)
-        np.clip(idx, 0, self.bins - 1, out=idx)
-        self.counts += np.bincount(idx, minlength=self.bins)
+        for v in (bmin, bmax):
+            self.counts[min(max(int((v - self.lo) * scale), 0), self.bins - 1)] += 1.0
+        self.sampled = True
+
+    def _bin(self, x: np.ndarray, weight: float) -> None:
+        """Add the values of `x` (inside [lo, hi]) to the counts, each with `weight`."""
+        if self.hi - self.lo > 1e38 and x.dtype.itemsize < 8:
+            x = x.astype(np.float64)  # x - lo would overflow float32 (a -3.4e38 mask next to +3.4e38)
+        t = x.dtype.type
+        lo, scale = t(self.lo), t(self.bins / (self.hi - self.lo))
+        top = self.bins - 1
+        # Values lie in [lo, hi], so an index is off by rounding only. Unless the range is narrow for
+        # its distance from zero, that stays under half a bin: indices are then 0..bins and only
+        # bin `bins` (values at hi) needs folding back, which is cheaper than clipping every index.
+        clip = max(abs(self.lo), abs(self.hi)) > 1024.0 * (self.hi - self.lo)
+        length = self.bins if clip else self.bins + 1
+        # bincount on precomputed indices is about twice as fast as np.histogram.
+        if x.size <= 2 * _BLOCK:
+            idx = ((x - lo) * scale).astype(np.intp)
+            if clip:
+                np.clip(idx, 0, top, out=idx)
+            hist = np.bincount(idx, minlength=length)
+        else:  # in blocks, with reused buffers: large temporaries cost more than the arithmetic
+            buf = np.empty(_BLOCK, dtype=x.dtype)
+            idx = np.empty(_BLOCK, dtype=np.intp)
+            hist = np.zeros(length, dtype=np.int64)
+            for i in range(0, x.size, _BLOCK):
+                part = x[i:i + _BLOCK]
+                f, k = buf[:part.size], idx[:part.size]
+                np.subtract(part, lo, out=f)
+                np.multiply(f, scale, out=f)
+                np.copyto(k, f, casting="unsafe")
+                if clip:
+                    np.clip(k, 0, top, out=k)
+                hist += np.bincount(k, minlength=length)
+        if not clip:
+            hist[top] += hist[self.bins]
+            hist = hist[:self.bins]
+        self.counts += hist if weight == 1.0 else hist * weight
 
     def _cover(self, lo: float, hi: float) -> None:
         """Grow the histogram's range so that it covers [lo, hi]."""
@@ -108,6 +174,7 @@ class TensorStats:
         self.count += other.count
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
+        self.sampled = self.sampled or other.sampled
 
     def clipped_fraction(self, lo: float, hi: float) -> float:
         """Share of finite values outside [lo, hi], estimated from the histogram."""
@@ -130,11 +197,14 @@ class TensorStats:
             "lo": self.lo,
             "hi": self.hi,
             "counts": self.counts.tolist(),
+            "sample": self.sample,
+            "sampled": self.sampled,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> TensorStats:
-        stats = cls(d["bins"])
+        stats = cls(d["bins"], d.get("sample"))
+        stats.sampled = bool(d.get("sampled", False))
         stats.count = int(d["count"])
         stats.nan_count = int(d["nan_count"])
         stats.posinf_count = int(d["posinf_count"])
@@ -146,10 +216,28 @@ class TensorStats:
         return stats
 
     @classmethod
-    def of(cls, x, bins: int = DEFAULT_BINS) -> TensorStats:
-        stats = cls(bins)
+    def of(cls, x, bins: int = DEFAULT_BINS, sample: int | None = None) -> TensorStats:
+        stats = cls(bins, sample)
         stats.update(x)
         return stats
+
+
+@lru_cache(maxsize=1024)
+def _stride(n: int, sample: int, shape: tuple) -> int:
+    """The smallest prime >= n / sample that divides none of `shape`'s dimensions."""
+    p = max(2, -(-n // sample))
+    while True:
+        if _is_prime(p) and all(d % p for d in shape if d > 1):
+            return p
+        p += 1
+
+
+def _is_prime(p: int) -> bool:
+    if p < 4:
+        return p > 1
+    if p % 2 == 0:
+        return False
+    return all(p % f for f in range(3, math.isqrt(p) + 1, 2))
 
 
 def rebin(counts: np.ndarray, edges: np.ndarray, new_edges: np.ndarray) -> np.ndarray:

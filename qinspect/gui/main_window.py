@@ -62,6 +62,7 @@ class MainWindow(QMainWindow):
         self.project = project or Project()
         self.stack = CommandStack(self.project)
         self.jobs: list[JobThread] = []
+        self.flagged: list = []  # calibration diagnostics (blown-up ranges) the user may keep in float
         self._calibration: JobThread | None = None
 
         self.table = TensorTable(self.project)
@@ -141,6 +142,11 @@ class MainWindow(QMainWindow):
         self.actionCalibrate = self._action("actionCalibrate", "&Calibrate…", self._ask_calibrate, "Ctrl+R", calib)
         self.actionCancel = self._action("actionCancel", "C&ancel", self.cancel, "Esc", calib)
         self.actionCancel.setEnabled(False)
+        calib.addSeparator()
+        self.actionKeepFlaggedFloat = self._action(
+            "actionKeepFlaggedFloat", "Keep &flagged tensors in float", self.keep_flagged_in_float, None, calib)
+        self.actionKeepFlaggedFloat.setEnabled(False)
+        self.actionKeepFlaggedFloat.setToolTip("Tensors whose ranges calibration found blown up (masks, sentinels)")
         analysis = bar.addMenu("&Analysis")
         self.actionRunSensitivity = self._action("actionRunSensitivity", "Run &sensitivity",
                                                  self._run_sensitivity, "Ctrl+Shift+R", analysis)
@@ -251,6 +257,17 @@ class MainWindow(QMainWindow):
             return False
         settings.add_recent_file(str(path))
         self.stack.clear()
+        if self.project.index.notes:
+            messages.notify(self, "info", "About this model", "\n".join(self.project.index.notes))
+        return True
+
+    def keep_flagged_in_float(self) -> bool:
+        """Keep the tensors calibration flagged (blown-up ranges) in float, as one undoable edit."""
+        targets = self.project.index.targets if self.project.index is not None else {}
+        changes = {d.name: {"dtype": "float", "bw": d.float_bw} for d in self.flagged if d.name in targets}
+        if not changes:
+            return False
+        self.stack.push(SetEdits(changes, f"keep {len(changes)} flagged tensor(s) in float"))
         return True
 
     def open_example(self) -> bool:
@@ -326,15 +343,17 @@ class MainWindow(QMainWindow):
             if percentile:
                 self.project.plan.defaults.percentile = float(percentile)
             self.project.set_stats(result.stats, result.samples, str(data), data_options)
-            skipped = len(result.skipped)
+            self.flagged = list(result.diagnostics)
+            self.actionKeepFlaggedFloat.setEnabled(bool(self.flagged))
+            notes = list(result.warnings)
+            notes += [f"{name}: no statistics ({why})" for name, why in list(result.skipped.items())[:10]]
             bad = [n for n, s in result.stats.items() if s.nonfinite_count]
-            notes = []
-            if skipped:
-                notes.append(f"{skipped} tensor(s) inside subgraphs have no statistics.")
             if bad:
                 notes.append(f"{len(bad)} tensor(s) had NaN/Inf values, left out of their ranges: {', '.join(bad[:5])}")
+            if self.flagged:
+                notes.append("Calibration > Keep flagged tensors in float applies the suggested fix (undoable).")
             if notes:
-                messages.notify(self, "warning", "Calibration finished with warnings", "\n".join(notes))
+                messages.notify(self, "warning", "Calibration finished with warnings", "\n".join(notes[:25]))
             self.statusBar().showMessage(f"Calibrated on {result.samples} samples in {result.seconds:.1f} s", 8000)
             self.calibrationFinished.emit(True)
 
@@ -475,6 +494,8 @@ class MainWindow(QMainWindow):
     # --- project and selection ---------------------------------------------------------------------
     def _on_project(self, event: str, names) -> None:
         if event == "model":
+            self.flagged = []
+            self.actionKeepFlaggedFloat.setEnabled(False)
             self.stack.clear()
             self.histogram.show_tensor(None)
             self.editor.set_selection([])

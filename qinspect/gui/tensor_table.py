@@ -432,6 +432,11 @@ class TensorTable(QWidget):
         hheader.setSectionResizeMode(QHeaderView.Interactive)
         hheader.setStretchLastSection(True)
         hheader.resizeSection(NAME, 220)
+        hheader.setSectionsMovable(True)
+        # Show what a user compares first (precision and error) before the raw numbers; the
+        # model's column numbers stay as they are, only the visual order changes.
+        for visual, column in enumerate((NAME, OP, KIND, BW, DTYPE, SQNR, CLIPPED, ENC_MIN, ENC_MAX)):
+            hheader.moveSection(hheader.visualIndex(column), visual)
         # Start in graph order: sorting a big model by a column at startup would compute every row.
         hheader.setSortIndicator(-1, Qt.AscendingOrder)
         self.view.setSortingEnabled(True)

@@ -2,39 +2,78 @@
 never leaves a half-written file where the old one was."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from ..errors import QInspectError
 
+_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another folder",
+    errno.EROFS: "the folder is on a read-only file system; choose another folder",
+    errno.EACCES: "no permission to write there; choose another folder",
+    errno.EPERM: "no permission to write there; choose another folder",
+    errno.EISDIR: "that path is a folder; choose a file name",
+}
 
-def atomic_write(path, data: bytes | str, *, protect=()) -> Path:
-    """Write `data` to `path` atomically. Refuse to overwrite any path listed in `protect`."""
+
+def write_error(path, exc: OSError, started: bool = True) -> QInspectError:
+    """The one-line error for a failed write of `path`: its cause and what to do."""
+    why = exc.strerror or type(exc).__name__
+    fix = _FIXES.get(exc.errno, "choose another folder or try again")
+    kept = "; the previous file is unchanged" if started and os.path.exists(path) else ""
+    return QInspectError(f"{path}: writing failed ({why}){kept}; {fix}")
+
+
+def check_target(path, protect=()) -> Path:
+    """`path` as a Path, refusing input files in `protect` and folders that do not exist."""
     path = Path(path)
     for p in protect:
         if p is not None and path.resolve() == Path(p).resolve():
             raise QInspectError(f"{path}: refusing to overwrite the input file; choose another output path")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise QInspectError(f"{path}: folder {folder} does not exist; create it or choose another path")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise QInspectError(f"{path}: folder {folder} {what}; create it or choose another path")
+    if path.is_dir():
+        raise QInspectError(f"{path}: is a folder; choose a file name")
+    return path
+
+
+def atomic_write(path, data: bytes | str, *, protect=()) -> Path:
+    """Write `data` to `path` atomically. Refuse to overwrite any path listed in `protect`.
+
+    On any failure (disk full, read-only folder, interruption) the temp file is removed and the
+    previous file at `path`, if any, is left as it was.
+    """
+    path = check_target(path, protect)
+    folder = path.parent if str(path.parent) else Path(".")
     if isinstance(data, str):
         data = data.encode("utf-8")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise QInspectError(f"{path}: cannot write in {folder} ({exc.strerror}); choose another folder") from exc
+        raise write_error(path, exc, started=False) from exc
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; other tools and users should read ours
-        with os.fdopen(fd, "wb") as f:
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; other tools and users should read ours
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise QInspectError(f"{path}: writing failed ({exc.strerror}); the previous file is unchanged") from exc
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
     return path

@@ -149,11 +149,21 @@ def _channel_axis(values, axis_hint) -> int | None:
     return 0 if axis_hint is None else axis_hint
 
 
-def _read_0_6_1(name, entries, axis_hint, problems) -> Encoding | None:
+def _number(value) -> float | None:
+    """A JSON number (or a numeric string, as some writers produce) as a float; None if not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_0_6_1(name, entries, axis_hint, problems, warnings) -> Encoding | None:
     if isinstance(entries, dict):
         entries = [entries]
-    if not isinstance(entries, list) or not entries:
-        problems.append(f"{name}: expected a list of encodings")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        problems.append(f"{name}: expected a list of encoding objects")
         return None
     first = entries[0]
     bw = first.get("bitwidth")
@@ -164,12 +174,23 @@ def _read_0_6_1(name, entries, axis_hint, problems) -> Encoding | None:
     symmetric = _as_bool(first.get("is_symmetric", False))
     axis = _channel_axis(entries, axis_hint)
     if all("min" in e and "max" in e for e in entries):
-        lo = np.array([float(e["min"]) for e in entries])
-        hi = np.array([float(e["max"]) for e in entries])
+        lo = [_number(e["min"]) for e in entries]
+        hi = [_number(e["max"]) for e in entries]
+        if any(v is None for v in lo + hi):
+            problems.append(f"{name}: min and max must be numbers")
+            return None
+        lo, hi = np.array(lo), np.array(hi)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            problems.append(f"{name}: min and max must be finite (got NaN or Infinity)")
+            return None
         bad = np.flatnonzero(lo > hi)
         if bad.size:
             problems.append(f"{name}: min {lo[bad[0]]} is above max {hi[bad[0]]}")
             return None
+        if np.any(lo > 0) or np.any(hi < 0):
+            warnings.append(f"{name}: range [{lo.min()}, {hi.max()}] does not include 0; widened to include it "
+                            f"(as QNN does)")
+            lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
         # QNN recomputes scale and offset from min/max for this format, so do we.
         return encoding_from_min_max(lo, hi, int(bw), symmetric=symmetric, axis=axis)
     if all("scale" in e and "offset" in e for e in entries):
@@ -214,34 +235,46 @@ def _read_2_0_0(entry, problems) -> tuple[str, Encoding | None]:
         return name, None
     if not _int_bw_ok(name, bw, problems):
         return name, None
-    scales = np.atleast_1d(np.asarray(entry.get("y_scale"), dtype=np.float64))
-    zp = np.atleast_1d(np.asarray(entry.get("y_zero_point", 0), dtype=np.int64))
-    zp = np.broadcast_to(zp, scales.shape)
+    try:
+        scales = np.atleast_1d(np.asarray(entry.get("y_scale"), dtype=np.float64))
+        zp_raw = np.atleast_1d(np.asarray(entry.get("y_zero_point", 0), dtype=np.float64))
+    except (TypeError, ValueError):
+        problems.append(f"{name}: y_scale and y_zero_point must be numbers or lists of numbers")
+        return name, None
+    if scales.ndim != 1 or zp_raw.ndim != 1 or zp_raw.size not in (1, scales.size):
+        problems.append(f"{name}: {zp_raw.size} zero points for {scales.size} scales; give one per scale")
+        return name, None
+    if not np.all(np.isfinite(zp_raw)) or np.any(zp_raw != np.round(zp_raw)):
+        problems.append(f"{name}: zero points must be integers")
+        return name, None
+    zp = np.broadcast_to(zp_raw.astype(np.int64), scales.shape)
     offsets = -zp - 2 ** (bw - 1) if signed else -zp
     symmetric = bool(signed and np.all(zp == 0))
     axis = entry.get("axis") if scales.size > 1 else None
+    if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
+        problems.append(f"{name}: axis must be a whole number, got {axis!r}")
+        return name, None
     return name, _scale_offset(name, bw, scales.tolist(), offsets.tolist(), symmetric, axis, problems)
 
 
 def _float(name, bw, problems) -> Encoding | None:
-    if bw not in FLOAT_BITWIDTHS:
-        problems.append(f"{name}: float bitwidth {bw} is not supported; use 16 or 32")
+    if isinstance(bw, bool) or bw not in FLOAT_BITWIDTHS:
+        problems.append(f"{name}: float bitwidth {bw!r} is not supported; use 16 or 32")
         return None
     return float_encoding(int(bw))
 
 
 def _int_bw_ok(name, bw, problems) -> bool:
-    if not isinstance(bw, (int, float)) or int(bw) != bw or int(bw) not in READ_BITWIDTHS:
+    if isinstance(bw, bool) or not isinstance(bw, (int, float)) or int(bw) != bw or int(bw) not in READ_BITWIDTHS:
         problems.append(f"{name}: bitwidth {bw!r} is not supported; use one of {READ_BITWIDTHS}")
         return False
     return True
 
 
 def _scale_offset(name, bw, scales, offsets, symmetric, axis, problems) -> Encoding | None:
-    try:
-        scales = [float(s) for s in scales]
-        offsets = [float(o) for o in offsets]
-    except (TypeError, ValueError):
+    scales = [_number(s) for s in scales]
+    offsets = [_number(o) for o in offsets]
+    if any(v is None for v in scales + offsets):
         problems.append(f"{name}: scale and offset must be numbers")
         return None
     if len(scales) != len(offsets) or not scales:
@@ -250,8 +283,14 @@ def _scale_offset(name, bw, scales, offsets, symmetric, axis, problems) -> Encod
     if any(not np.isfinite(s) or s <= 0 for s in scales):
         problems.append(f"{name}: every scale must be a positive number")
         return None
-    if any(o != int(o) for o in offsets):
+    if any(not np.isfinite(o) or o != int(o) for o in offsets):
         problems.append(f"{name}: offsets must be integers")
+        return None
+    low = -(2 ** int(bw) - 1)
+    outside = [int(o) for o in offsets if not low <= o <= 0]
+    if outside:
+        problems.append(f"{name}: offset {outside[0]} is outside [{low}, 0] for {int(bw)} bits, so 0 would not "
+                        f"be on the grid; fix the offset (offset = -zero point)")
         return None
     return Encoding(
         bw=int(bw),
@@ -270,6 +309,7 @@ def parse_overrides(doc, index=None, source: str = "overrides") -> tuple[dict[st
     """
     version = _version_or_raise(doc, source)
     problems: list[str] = []
+    warnings: list[str] = []
     found: list[tuple[str, Encoding | None]] = []
 
     def axis_of(name):
@@ -283,7 +323,7 @@ def parse_overrides(doc, index=None, source: str = "overrides") -> tuple[dict[st
                 problems.append(f"{key} must be an object of tensor name -> encodings")
                 continue
             for name, entries in section.items():
-                found.append((name, _read_0_6_1(name, entries, axis_of(name), problems)))
+                found.append((name, _read_0_6_1(name, entries, axis_of(name), problems, warnings)))
     elif version == "1.0.0":
         for key in ("activation_encodings", "param_encodings"):
             section = doc.get(key) or []
@@ -296,14 +336,17 @@ def parse_overrides(doc, index=None, source: str = "overrides") -> tuple[dict[st
                     continue
                 found.append(_read_1_0_0(entry, axis_of(entry.get("name")), problems))
     else:
-        for entry in doc.get("encodings") or []:
+        section = doc.get("encodings") or []
+        if not isinstance(section, list):
+            problems.append("encodings must be a list of named encodings")
+            section = []
+        for entry in section:
             if not isinstance(entry, dict):
                 problems.append("encodings: every entry must be an object")
                 continue
             found.append(_read_2_0_0(entry, problems))
 
     encodings = {name: enc for name, enc in found if enc is not None}
-    warnings: list[str] = []
     if index is not None:
         _check_against_model(encodings, index, problems, warnings)
     if problems:
@@ -336,10 +379,21 @@ def _check_against_model(encodings, index, problems, warnings) -> None:
             warnings.append(f"{name}: not a quantizer position in this model (integer, aliased or fused tensor); ignored")
             ignored.append(name)
             continue
-        if enc.per_channel and target.shape is not None and target.axis is not None:
-            channels = target.shape[target.axis]
+        if not enc.per_channel:
+            continue
+        if target.kind == "activation":
+            problems.append(f"{name}: {len(enc.scale)} per-channel encodings for an activation, which takes one "
+                            f"(per tensor); keep a single encoding")
+            continue
+        shape = target.shape
+        if shape is not None and enc.axis is not None:
+            axis = enc.axis + len(shape) if enc.axis < 0 else enc.axis
+            if not 0 <= axis < len(shape):
+                problems.append(f"{name}: channel axis {enc.axis} does not exist in its shape {tuple(shape)}")
+                continue
+            channels = shape[axis]
             if isinstance(channels, int) and channels != len(enc.scale):
-                problems.append(f"{name}: {len(enc.scale)} channel encodings but the tensor has {channels} channels on axis {target.axis}")
+                problems.append(f"{name}: {len(enc.scale)} channel encodings but the tensor has {channels} channels on axis {axis}")
     for name in ignored:
         del encodings[name]
 
@@ -350,7 +404,9 @@ def read_overrides(path, index=None) -> tuple[dict[str, Encoding], list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise OverridesError(f"{path}: cannot read ({exc.strerror})") from None
+        raise OverridesError(f"{path}: cannot read ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError:
+        raise OverridesError(f"{path}: not a text JSON file (not UTF-8); choose an encodings .json file") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -38,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..encoding import Encoding, bias_encoding
 from ..errors import ModelError, QInspectError
 from ..progress import NullProgress, Progress, check_cancel
-from .files import atomic_write
+from .files import atomic_write, check_target, write_error
 
 OPSET_8BIT = 13
 OPSET_WIDE = 21  # int16/uint16/int4/uint4 QuantizeLinear and DequantizeLinear
@@ -112,16 +112,25 @@ def _along(qp: QParams, values: np.ndarray, ndim: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-def quantize_constant(x: np.ndarray, qp: QParams) -> np.ndarray:
-    """Integer codes (int64) of a constant with ONNX QuantizeLinear's rule, saturated to the type."""
+def quantize_constant(x: np.ndarray, qp: QParams, dtype=np.int64) -> np.ndarray:
+    """Integer codes of a constant with ONNX QuantizeLinear's rule, saturated to the type, as `dtype`
+    (int64 by default; the exporter asks for the storage type, so a large weight costs one float32
+    temporary and its codes, nothing more)."""
     x = np.asarray(x)
     if qp.bw == 32:  # float32 cannot hold 31-bit codes: divide in float64 by the float32 scale
-        t = x.astype(np.float64) / _along(qp, qp.scale.astype(np.float64), x.ndim)
+        t = np.divide(x, _along(qp, qp.scale.astype(np.float64), x.ndim), dtype=np.float64)
     else:
-        t = x.astype(np.float32) / _along(qp, qp.scale, x.ndim)
+        t = np.divide(x, _along(qp, qp.scale, x.ndim), dtype=np.float32)
+    t = np.asarray(t).reshape(x.shape) if np.ndim(t) else np.array([t]).reshape(())  # 0-d: an array
+    zp = _along(qp, qp.zero_point, x.ndim)
     with np.errstate(invalid="ignore"):
-        q = np.rint(t) + _along(qp, qp.zero_point, x.ndim)
-    return np.clip(np.nan_to_num(q), qp.qmin, qp.qmax).astype(np.int64)
+        np.rint(t, out=t)
+        np.add(t, zp, out=t, casting="unsafe")
+    if not np.isfinite(t).all():  # NaN becomes 0 (the zero point); +-Inf saturates
+        t = np.where(np.isnan(t), np.broadcast_to(zp, t.shape), t)
+        t = np.nan_to_num(t, posinf=qp.qmax, neginf=qp.qmin)
+    np.clip(t, qp.qmin, qp.qmax, out=t)
+    return t.astype(dtype)
 
 
 def dequantize_constant(q: np.ndarray, qp: QParams) -> np.ndarray:
@@ -148,7 +157,7 @@ def fake_quantize(x: np.ndarray, enc: Encoding | None) -> np.ndarray:
 def _int_tensor(name: str, q: np.ndarray, qp: QParams) -> TensorProto:
     if qp.bw != 4:
         dtype = helper.tensor_dtype_to_np_dtype(qp.elem)
-        return numpy_helper.from_array(q.astype(dtype), name)
+        return numpy_helper.from_array(q.astype(dtype, copy=False), name)
     flat = (q.ravel() & 0xF).astype(np.uint8)  # two's complement nibbles, low nibble first
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
@@ -219,7 +228,9 @@ def insert_blocks(model: onnx.ModelProto, blocks: dict[str, Block], names: NameM
                     if x in renames:
                         n.input[i] = renames[x]
             for o in g.output:
-                if o.name in renames:
+                # A subgraph output is positional: read the quantized value. A main-graph output
+                # that passes an input through keeps its name (and the float value it passes).
+                if o.name in renames and g is not model.graph:
                     o.name = renames[o.name]
     for g in all_graphs(model.graph):
         new_nodes = []
@@ -347,8 +358,16 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
     if unknown:
         report.warnings.append(f"{len(unknown)} encoding(s) name no quantizer position and were ignored: "
                                f"{_summarize(unknown)}")
-    used = [(n, encodings[n]) for n in index.targets if n in encodings]
-    report.missing = [n for n in index.targets if n not in encodings]
+    # Tensors the model already quantizes keep the model's own quantizer: never a second one.
+    existing = {n for n, t in index.targets.items() if getattr(t, "existing", None) is not None}
+    changed = [n for n in existing if n in encodings and encodings[n] != index.targets[n].existing]
+    if existing:
+        report.notes.append(f"{len(existing)} tensor(s) the model already quantizes keep its own quantizers")
+    if changed:
+        report.warnings.append(f"edits to tensors the model already quantizes are not exported (their quantizers "
+                               f"stay as the model has them): {_summarize(changed)}")
+    used = [(n, encodings[n]) for n in index.targets if n in encodings and n not in existing]
+    report.missing = [n for n in index.targets if n not in encodings and n not in existing]
     opset_now = opset_of(index.model)
     need = _opset_needed(used)
     model = onnx.ModelProto()
@@ -368,7 +387,7 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
     names = NameMaker(model)
     constants = {n for n, _ in used if index.targets[n].kind != "activation"}
     constants_to_initializers(model, constants)
-    strict, unexpressible, overflow = [], [], []
+    strict, unexpressible, overflow, nonfinite = [], [], [], []
     blocks: dict[str, Block] = {}
     const_blocks: dict[str, tuple] = {}  # initializer name -> (new tensor, nodes)
 
@@ -421,6 +440,9 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
             continue
         values = index.initializer(name)
         elem = elem_type(index, name)
+        bad = values.size - int(np.count_nonzero(np.isfinite(values))) if values.dtype.kind == "f" else 0
+        if bad and not (enc.is_float and enc.bw == 32):
+            nonfinite.append(f"{name} ({bad})")
         if enc.is_float:
             if enc.bw == 16:
                 report.float16.append(name)
@@ -437,7 +459,8 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
         if qp.axis is not None and (values.ndim <= qp.axis or values.shape[qp.axis] != qp.scale.size):
             raise QInspectError(f"{name}: {qp.scale.size} channel scales on axis {qp.axis} do not fit its shape "
                                 f"{values.shape}; fix the encodings file")
-        q = quantize_constant(values, qp)
+        storage = np.int8 if qp.bw == 4 else helper.tensor_dtype_to_np_dtype(qp.elem)
+        q = quantize_constant(values, qp, storage)
         if qp.bw == 32:
             # Saturating by one step is rounding-sized (AIMET's fallback bias scale max|b|/2^31 puts
             # the largest positive value exactly one step above int32's top): warn beyond that.
@@ -461,8 +484,9 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
 
     # Aliases: a Q/DQ with the source's encoding (per-tensor only: a reshape changes the channel axis).
     for alias in index.aliases:
-        enc = encodings.get(index.encoding_source(alias))
-        if enc is None or enc.is_float or enc.per_channel or alias in blocks:
+        source = index.encoding_source(alias)
+        enc = encodings.get(source)
+        if enc is None or enc.is_float or enc.per_channel or alias in blocks or source in existing:
             continue
         block = act_block(alias, enc)
         if block is not None:
@@ -480,6 +504,9 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
     if unexpressible:
         report.warnings.append(f"no ONNX integer type holds these encodings (32-bit activations or asymmetric "
                                f"32-bit constants); they stay float: {_summarize(unexpressible)}")
+    if nonfinite:
+        report.warnings.append(f"constants hold NaN/Inf values (exported as 0 and saturated to the range): "
+                               f"{_summarize(nonfinite)}")
     if overflow:
         report.warnings.append(f"bias values overflow int32 and were clipped (input scale x weight scale is too "
                                f"small for them): {_summarize(overflow)}")
@@ -543,7 +570,9 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
     """Write the QDQ model atomically to `path`; the input model and `protect` are never overwritten.
 
     `external_data`: None decides by itself (when the input model had external data, or the model
-    is over 1 GB), True/False force it. The data file is ``<path name>.data`` next to `path`.
+    is over 1 GB), True/False force it. The data file is ``<path name>.data`` next to `path`. A model
+    indexed lazily (its data left on disk, see `load_model`) is always written with external data:
+    its unchanged tensors are copied from the input's files in chunks, never loaded whole.
     """
     progress = progress or NullProgress()
     progress.update(0, 3, "building the QDQ model")
@@ -552,18 +581,18 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
     path = Path(path)
     in_files = _external_input_files(index)
     protect = [p for p in (index.path, *in_files, *protect) if p]
-    check = model.ByteSize() < (2**31 - 1)
+    source_dir = getattr(index, "external_dir", None)
+    check = model.ByteSize() < (2**31 - 1) and not source_dir
     if check:
-        try:
-            onnx.checker.check_model(model)
-        except Exception as exc:  # our own output failing the checker is a bug: say so plainly
-            raise QInspectError(f"the QDQ model fails the ONNX checker ({str(exc).splitlines()[0][:200]}); "
-                                "please report this with the model") from exc
+        _check_output(model)
     if external_data is None:
         external_data = bool(in_files) or not check or model.ByteSize() > EXTERNAL_DATA_BYTES
+    if source_dir and not external_data:
+        external_data = True
+        report.notes.append("written with external data: the input model's tensors stay in files")
     progress.update(1, 3, "writing")
     if external_data:
-        report.external_data = _save_external(model, path, protect)
+        report.external_data = _save_external(model, path, protect, source_dir, check_file=not check)
     else:
         atomic_write(path, model.SerializeToString(), protect=protect)
     report.path = path
@@ -571,26 +600,116 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
     return report
 
 
-def _save_external(model: onnx.ModelProto, path: Path, protect) -> Path | None:
-    """Write `path` and `path.data` through a temp folder beside them, then rename both."""
-    data = path.with_name(path.name + ".data")
-    for p in protect:
-        for target in (path, data):
-            if Path(p).resolve() == target.resolve():
-                raise QInspectError(f"{target}: refusing to overwrite an input file; choose another output path")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise QInspectError(f"{path}: folder {folder} does not exist; create it or choose another path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
+def _check_output(model) -> None:
     try:
-        onnx.save_model(model, tmp / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        wrote = (tmp / data.name).exists()  # tensors under 1 KB stay inline; maybe all of them
-        if wrote:
-            os.replace(tmp / data.name, data)
-        os.replace(tmp / path.name, path)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # our own output failing the checker is a bug: say so plainly
+        raise QInspectError(f"the QDQ model fails the ONNX checker ({str(exc).splitlines()[0][:200]}); "
+                            "please report this with the model") from exc
+
+
+ALIGN = 4096  # data offsets on page boundaries, so onnxruntime can map tensors instead of copying
+_CHUNK = 16 << 20
+
+
+def _write_data(model: onnx.ModelProto, data_path: Path, location: str, source_dir: str | None,
+                threshold: int = 1024) -> bool:
+    """Move the tensor data of `model` into one file at `data_path`, recorded under `location`:
+    tensors of `threshold` bytes or more held in the proto, and tensors still stored in the input
+    model's external files under `source_dir` (copied in chunks). True if the file got any data."""
+    from ..model import FIXED_SIZE_TYPES, _all_tensors, _external_info
+
+    wrote = False
+    with open(data_path, "wb") as out:
+        for t in _all_tensors(model.graph):
+            if t.data_location == TensorProto.EXTERNAL:
+                info = _external_info(t)
+                if source_dir is None:
+                    raise QInspectError(f"tensor '{t.name}' refers to external data that was not loaded; "
+                                        "please report this with the model")
+                length = int(info.get("length", 0) or 0) or len(numpy_helper.to_array(t, source_dir).tobytes())
+                pos = _pad(out)
+                with open(os.path.join(source_dir, info.get("location", "")), "rb") as src:
+                    src.seek(int(info.get("offset", 0) or 0))
+                    left = length
+                    while left:
+                        chunk = src.read(min(left, _CHUNK))
+                        if not chunk:
+                            raise QInspectError(f"external data of tensor '{t.name}' is truncated; re-export the "
+                                                "input model")
+                        out.write(chunk)
+                        left -= len(chunk)
+            else:
+                if not t.HasField("raw_data") and t.data_type in FIXED_SIZE_TYPES and t.ByteSize() >= threshold:
+                    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))  # typed fields -> raw
+                if not t.HasField("raw_data") or len(t.raw_data) < threshold:
+                    continue
+                length = len(t.raw_data)
+                pos = _pad(out)
+                out.write(t.raw_data)
+                t.ClearField("raw_data")
+            del t.external_data[:]
+            for key, value in (("location", location), ("offset", str(pos)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            t.data_location = TensorProto.EXTERNAL
+            wrote = True
+    return wrote
+
+
+def _pad(out) -> int:
+    pos = out.tell()
+    if pos % ALIGN:
+        out.write(b"\0" * (ALIGN - pos % ALIGN))
+    return out.tell()
+
+
+def _save_external(model: onnx.ModelProto, path: Path, protect, source_dir: str | None = None,
+                   check_file: bool = False) -> Path | None:
+    """Write `path` and `path.data` through a temp folder beside them, then rename both.
+
+    Two files cannot be replaced in one step: the old data file is moved aside first and put back
+    if the model file cannot be replaced, so the previous export stays whole on any failure.
+    """
+    data = path.with_name(path.name + ".data")
+    for target in (path, data):
+        check_target(target, protect)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
     except OSError as exc:
-        raise QInspectError(f"{path}: writing failed ({exc.strerror}); the previous file is unchanged") from exc
+        raise write_error(path, exc, started=False) from exc
+    backup, created = None, False
+    try:
+        wrote = _write_data(model, tmp / data.name, data.name, source_dir)
+        with open(tmp / path.name, "wb") as f:
+            f.write(model.SerializeToString())
+        if check_file:
+            _check_output(str(tmp / path.name))  # by path: it checks the data file next to it
+        if wrote:
+            if data.exists():
+                backup = tmp / (data.name + ".previous")
+                os.replace(data, backup)
+            os.replace(tmp / data.name, data)
+            created = backup is None
+        os.replace(tmp / path.name, path)
+        backup = None
+    except OSError as exc:
+        _undo_data(data, backup, created)
+        raise write_error(path, exc) from exc
+    except BaseException:
+        _undo_data(data, backup, created)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return data if wrote else None
+
+
+def _undo_data(data: Path, backup: Path | None, created: bool) -> None:
+    try:
+        if backup is not None and backup.exists():
+            os.replace(backup, data)
+        elif created and data.exists():
+            os.unlink(data)
+    except OSError:
+        pass
