@@ -22,21 +22,31 @@ def settle(ms: int = 200) -> None:
     loop.exec()
 
 
+def wait_for(signal, ms: int = 60_000) -> None:
+    loop = QEventLoop()
+    signal.connect(lambda *args: loop.quit())
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
 def main() -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     messages.handler = lambda level, title, text: print(f"{level}: {title}: {text}", file=sys.stderr)
     window = create_main_window()
     window.resize(1500, 900)
     window.show()
-    loop = QEventLoop()
-    window.calibrationFinished.connect(lambda ok: loop.quit())
     window.calibrate(str(EXAMPLE_DATA))
-    QTimer.singleShot(60_000, loop.quit)
-    loop.exec()
+    wait_for(window.calibrationFinished)
+    wait_for(window.errorUpdated)
     OUT.mkdir(exist_ok=True)
     window.table.select(["fc1_relu_out"])
     settle()
     window.grab().save(str(OUT / "main_window.png"))
+    window.sensitivity.run()
+    wait_for(window.sensitivity.runFinished)
+    window._show_dock(window.sensitivity_dock)
+    settle()
+    window.grab().save(str(OUT / "sensitivity.png"))
     window.table.select(["conv2.weight"])
     settle()
     window.grab().save(str(OUT / "weights_per_channel.png"))

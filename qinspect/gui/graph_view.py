@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .graph_layout import BAND, COL_GAP, NODE_H, NODE_W, layered_layout, place, strips_for
+from .graph_layout import COL_GAP, NODE_H, NODE_W, layered_layout, place, strips_for
 
 OPEN_SCALE = 0.85         # zoom a big graph opens at
 LABEL_MIN_SCALE = 0.35    # below this zoom, labels are hidden

@@ -19,7 +19,6 @@ from PySide6.QtCore import QDeadlineTimer, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
-    QFileDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
@@ -31,8 +30,8 @@ from ..core.commands import CommandStack, SetEdits
 from ..core.errors import QInspectError
 from ..core.project import Project
 from . import messages, settings
-from .calibration_dialog import CalibrationDialog
 from .error_panel import LiveError
+from .file_actions import EXAMPLE_DATA, EXAMPLE_MODEL, FileActionsMixin
 from .graph_view import GraphPanel
 from .histogram import HistogramPanel
 from .pareto_panel import ParetoPanel
@@ -41,14 +40,10 @@ from .sensitivity_panel import SensitivityPanel
 from .tensor_table import TensorTable
 from .workers import JobThread
 
-EXAMPLE_MODEL = Path(__file__).resolve().parents[2] / "resources" / "digits_cnn.onnx"
-EXAMPLE_DATA = EXAMPLE_MODEL.with_name("digits_calib.npz")
-ONNX_FILTER = "ONNX models (*.onnx);;All files (*)"
-JSON_FILTER = "Encodings JSON (*.json);;All files (*)"
-SESSION_FILTER = "qinspect sessions (*.qinspect);;All files (*)"
+__all__ = ["MainWindow", "EXAMPLE_MODEL", "EXAMPLE_DATA"]
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileActionsMixin, QMainWindow):
     calibrationFinished = Signal(bool)  # True: new statistics applied; False: cancelled or failed
     exportFinished = Signal(bool, str)  # ok, path or error message
     errorUpdated = Signal()  # the live error shows new numbers (table SQNR column, status bar, graph)
@@ -527,79 +522,3 @@ class MainWindow(QMainWindow):
         else:
             parts.append("not calibrated (Ctrl+R)")
         self.summary.setText(" · ".join(parts))
-
-    # --- drag and drop ---------------------------------------------------------------------------
-    def dragEnterEvent(self, event) -> None:
-        if any(u.toLocalFile().endswith((".onnx", ".qinspect", ".json")) for u in event.mimeData().urls()):
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        for url in event.mimeData().urls():
-            path = url.toLocalFile()
-            if path.endswith(".onnx"):
-                self.open_model(path)
-            elif path.endswith(".qinspect"):
-                self.open_session(path)
-            elif path.endswith(".json"):
-                self.import_encodings(path)
-            event.acceptProposedAction()
-            return
-
-    # --- dialogs (not used by tests: they call the methods above directly) ------------------------
-    def _ask_open(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open ONNX model", "", ONNX_FILTER)
-        if path:
-            self.open_model(path)
-
-    def _ask_import(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import encodings", "", JSON_FILTER)
-        if path:
-            self.import_encodings(path)
-
-    def _default_path(self, suffix: str) -> str:
-        path = self.project.model_path
-        return str(Path(path).with_suffix(suffix)) if path else ""
-
-    def _ask_export_encodings(self) -> None:
-        from .export_dialog import ask_encodings_export
-
-        choice = ask_encodings_export(self, self._default_path(".encodings.json"))
-        if choice:
-            self.export_encodings(*choice)
-
-    def _ask_export_qdq(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export QDQ model", self._default_path(".qdq.onnx"), ONNX_FILTER)
-        if path:
-            self.export_qdq(path)
-
-    def _ask_open_session(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", SESSION_FILTER)
-        if path:
-            self.open_session(path)
-
-    def _ask_save_session(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save session", self._default_path(".qinspect"), SESSION_FILTER)
-        if path:
-            self.save_session(path)
-
-    def _ask_calibrate(self) -> None:
-        if self.project.index is None:
-            messages.notify(self, "warning", "No model", "Open a model before calibrating.")
-            return
-        default = self.project.data_spec or (str(EXAMPLE_DATA) if self.project.model_path == str(EXAMPLE_MODEL) else "")
-        dialog = CalibrationDialog(self, default, self.project.plan.defaults.act_scheme)
-
-        def accepted():
-            try:
-                data, options = dialog.values()
-            except ValueError as exc:
-                messages.notify(self, "error", "Calibration options", str(exc))
-                return
-            if not data:
-                messages.notify(self, "warning", "No data", "Choose calibration data first.")
-                return
-            self.calibrate(data, **options)
-
-        dialog.accepted.connect(accepted)
-        dialog.open()
-

@@ -3,7 +3,6 @@ import json
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from PySide6.QtCore import QTimer
