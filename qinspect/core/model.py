@@ -39,53 +39,30 @@ Limits, kept on purpose for the simple cases to stay right:
   an aliased activation.
 - A ModelProto passed in memory must hold its data inline; one over 2 GB is neither checked nor
   shape-inferred (protobuf cannot serialize it), so unknown dtypes are taken from the ops.
+
+Placement rules are in `placement.py`, the reading of an already quantized model in
+`prequantized.py` and graph walking in `graph.py`; `ModelIndex` mixes the first two in.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from .encoding import Encoding
 from .errors import ModelError
+from .graph import _all_tensors, _constant_tensor, _constant_value, _dims, _np_dtype, _subgraphs, _walk
+# Constants that moved out stay importable from here (cost.py imports MOVE_OPS).
+from .graph import DEFAULT_DOMAINS, NOT_A_TENSOR  # noqa: F401
+from .placement import FUSE_ACT, FUSE_FIRST, MOVE_OPS, NON_DATA_INPUTS, RNN_OPS, PlacementMixin  # noqa: F401
+from .prequantized import INTEGER_OPS, STORAGE_BITS, PrequantizedMixin  # noqa: F401
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
-NOT_A_TENSOR = -1  # elem type marker for sequence/map/optional values: never quantized
-
-# Ops whose float output only moves or selects values of input 0, so it reuses input 0's encoding.
-# Concat is handled apart (only when all its float inputs are already quantized).
-MOVE_OPS = frozenset({
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Identity",
-    "Dropout", "MaxPool", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Pad",
-})
-FUSE_FIRST = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
-FUSE_ACT = frozenset({"Relu", "Clip"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
-# Float inputs that are settings rather than data (sizes, bounds, ratios, quantization parameters):
-# never parameters.
-NON_DATA_INPUTS = {
-    "Resize": {1, 2}, "Upsample": {1}, "Clip": {1, 2}, "Pad": {2}, "Dropout": {1}, "Range": {0, 1, 2},
-    "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2},
-    "QLinearConv": {1, 2, 4, 5, 6, 7}, "QLinearMatMul": {1, 2, 4, 5, 6, 7},
-    "ConvInteger": {2, 3}, "MatMulInteger": {2, 3},
-}
-DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
-# Recurrent ops: W [dirs, gates*hidden, input] and R [dirs, gates*hidden, hidden] are weights per
-# output channel on axis 1 (one channel per gate row, shared by both directions); B [dirs,
-# 2*gates*hidden] adds two biases of different inputs, so it is an int32 bias with its own scale.
-RNN_OPS = frozenset({"LSTM", "GRU", "RNN"})
-# Ops of an already quantized model (QDQ, QOperator, dynamic quantization).
-INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
-STORAGE_BITS = {  # ONNX integer storage -> (bits, signed)
-    TensorProto.INT8: (8, True), TensorProto.UINT8: (8, False), TensorProto.INT16: (16, True),
-    TensorProto.UINT16: (16, False), TensorProto.INT4: (4, True), TensorProto.UINT4: (4, False),
-    TensorProto.INT32: (32, True),
-}
 # Fallback output dtypes when shape inference left one unknown.
 INT64_OPS = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "NonMaxSuppression"})
 BOOL_OPS = frozenset({
@@ -258,59 +235,7 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _np_dtype(elem: int) -> np.dtype | None:
-    if elem in (0, NOT_A_TENSOR):
-        return None
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
-    except Exception:
-        return None
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            yield a.g
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            yield from a.graphs
-
-
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
-            elif a.type == onnx.AttributeProto.TENSORS:
-                yield from a.tensors
-        for sub in _subgraphs(node):
-            yield from _all_tensors(sub)
-
-
-def _walk(graph: onnx.GraphProto, owner: onnx.NodeProto | None = None, counter: list | None = None):
-    """Yield (graph, graph id, owner node, node) in execution order; node None marks a graph's entry.
-
-    A control-flow node's subgraphs are yielded just before the node itself, since they run as part
-    of it. Graph ids count graphs in this order, so they are the same on every walk.
-    """
-    counter = counter if counter is not None else [0]
-    gid = counter[0]
-    counter[0] += 1
-    yield graph, gid, owner, None
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _walk(sub, node, counter)
-        yield graph, gid, owner, node
-
-
-def _dims(vtype: onnx.TypeProto) -> tuple | None:
-    if not vtype.tensor_type.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                 for d in vtype.tensor_type.shape.dim)
-
-
-class ModelIndex:
+class ModelIndex(PlacementMixin, PrequantizedMixin):
     """Tensors, nodes and quantizer positions of one model.
 
     Build it with `load_model`; `ModelIndex(proto)` indexes a proto as it is (no checker, no shape
@@ -514,217 +439,9 @@ class ModelIndex:
             return 0
         return inp[0] if inp else 0
 
-    def _fused_inner(self) -> tuple[set[str], set[str]]:
-        """Outputs inside fused groups (no quantizer), and the BatchNorm nodes folded into a Conv."""
-        inner: set[str] = set()
-        folded_bn: set[str] = set()
-
-        def next_op(name: str, node: onnx.NodeProto, ops: frozenset) -> onnx.NodeProto | None:
-            info = self.tensors.get(name)
-            if info is None or len(info.consumers) != 1 or name in self._graph_outputs:
-                return None
-            nxt = self.nodes[info.consumers[0]]
-            same_graph = self._graph_of[nxt.name] == self._graph_of[node.name]
-            return nxt if same_graph and nxt.op_type in ops and nxt.input[0] == name else None
-
-        for node in self.nodes.values():
-            if node.op_type not in FUSE_FIRST or not node.output:
-                continue
-            out = node.output[0]
-            if next_op(out, node, FUSE_ACT):
-                inner.add(out)
-            elif node.op_type == "Conv" and (bn := next_op(out, node, frozenset({"BatchNormalization"}))):
-                inner.add(out)
-                folded_bn.add(bn.name)
-                if bn.output and next_op(bn.output[0], bn, FUSE_ACT):
-                    inner.add(bn.output[0])
-        return inner, folded_bn
-
-    # -- an already quantized model ---------------------------------------------------------------
-    def _const_array(self, name: str) -> np.ndarray | None:
-        if not name or name not in self._const:
-            return None
-        try:
-            return np.asarray(self.initializer(name))
-        except Exception:
-            return None
-
-    def _onnx_encoding(self, scale: str, zero_point: str, elem: int, data: str, axis: int | None) -> Encoding | None:
-        """Our encoding of ONNX (scale, zero point) on storage `elem`; None if it is not a static
-        integer encoding we can express (computed scales, float8, blocked quantization)."""
-        if elem not in STORAGE_BITS:
-            return None
-        bw, signed = STORAGE_BITS[elem]
-        s = self._const_array(scale)
-        if s is None:
-            return None
-        z = self._const_array(zero_point) if zero_point else np.zeros(1, np.int64)
-        if z is None:
-            return None
-        s = s.astype(np.float64).ravel()
-        z = z.astype(np.int64).ravel()
-        if z.size not in (1, s.size) or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-            return None
-        z = np.broadcast_to(z, s.shape)
-        offsets = -z - 2 ** (bw - 1) if signed else -z
-        if np.any(offsets > 0) or np.any(offsets < -(2**bw - 1)):
-            return None
-        if s.size > 1:
-            rank = len(self._shapes.get(data) or ())
-            if axis is None or not rank or not -rank <= axis < rank:
-                return None
-            axis = axis % rank
-        else:
-            axis = None
-        return Encoding(bw=bw, scale=tuple(float(v) for v in s), offset=tuple(int(o) for o in offsets),
-                        symmetric=bool(signed and np.all(z == 0)), axis=axis)
-
-    def _mark(self, name: str, enc: Encoding | None, how: str) -> None:
-        if not name:
-            return
-        self.quantized_model = True
-        self.prequantized.setdefault(name, how)
-        if enc is not None:
-            self.existing_encodings.setdefault(name, enc)
-
-    def _find_existing(self) -> None:
-        """Read the quantization an already quantized model has: Q/DQ pairs, QOperator and integer
-        ops, dynamic quantization, and integer weights dequantized by Cast -> (Sub) -> Mul."""
-        cast_of: dict[str, str] = {}        # Cast output -> integer constant it converts
-        minus_zp: dict[str, tuple] = {}     # Sub output -> (integer constant, zero point constant)
-        accumulators: set[str] = set()      # int32 outputs of ConvInteger/MatMulInteger
-        accumulators_f: set[str] = set()    # ... cast to float
-        scale_values: set[str] = set()      # float scales computed at run time
-        for _, _, _, node in _walk(self.model.graph):
-            if node is None:
-                continue
-            op, dom = node.op_type, node.domain
-            ins = list(node.input) + [""] * 9
-            outs = list(node.output)
-            if op in ("QuantizeLinear", "DequantizeLinear") and dom in DEFAULT_DOMAINS | {"com.microsoft"}:
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-                quantize = op == "QuantizeLinear"
-                data, q = (ins[0], outs[0]) if quantize else (outs[0], ins[0])
-                elem = self._elem.get(q, 0)
-                if attrs.get("block_size"):
-                    enc = None
-                else:
-                    enc = self._onnx_encoding(ins[1], ins[2], elem, data, attrs.get("axis", 1))
-                label = f"{op} ({_storage_name(elem)})"
-                self._mark(data, enc, label)
-                self._mark(q, enc, label)
-                self._qparams.update(n for n in ins[1:3] if n)
-                if not quantize:
-                    producer = self.tensors[q].producer if q in self.tensors else None
-                    pnode = self.nodes.get(producer) if producer else None
-                    if q in self._const and enc is not None and self.is_float(data):
-                        self._folded[data] = ("dq", q, enc)
-                    elif pnode is not None and pnode.op_type == "QuantizeLinear" and pnode.input:
-                        self._pairs[data] = pnode.input[0]
-            elif op == "DynamicQuantizeLinear" and dom in DEFAULT_DOMAINS:
-                self._mark(ins[0], None, "quantized at run time by DynamicQuantizeLinear")
-                self._dynamic.add(ins[0])
-                scale_values.update(outs[1:2])
-            elif op in ("QLinearConv", "QLinearMatMul") and dom in DEFAULT_DOMAINS:
-                per_tensor = 0  # ignored: one scale
-                self._mark(ins[0], self._onnx_encoding(ins[1], ins[2], self._elem.get(ins[0], 0), ins[0], per_tensor),
-                           f"input of {op}")
-                w_axis = 0 if op == "QLinearConv" else -1
-                self._mark(ins[3], self._onnx_encoding(ins[4], ins[5], self._elem.get(ins[3], 0), ins[3], w_axis),
-                           f"weight of {op}")
-                y_enc = self._onnx_encoding(ins[6], ins[7], self._elem.get(outs[0], 0), outs[0], per_tensor)
-                self._mark(outs[0], y_enc, f"output of {op}")
-                if op == "QLinearConv" and ins[8]:
-                    self._mark(ins[8], None, "int32 bias of QLinearConv")
-            elif op in ("ConvInteger", "MatMulInteger") and dom in DEFAULT_DOMAINS:
-                for name in ins[:2]:
-                    self._mark(name, None, f"integer input of {op} (zero point only; scales are applied after it)")
-                accumulators.update(outs[:1])
-            elif op == "Cast" and outs and self.is_float(outs[0]):
-                if ins[0] in accumulators:
-                    self._skip.add(outs[0])
-                    accumulators_f.add(outs[0])
-                    self._mark(outs[0], None, "integer accumulator as float (dequantized by the next Mul)")
-                elif ins[0] in self._const and self._elem.get(ins[0], 0) in STORAGE_BITS:
-                    cast_of[outs[0]] = ins[0]
-            elif op == "Sub" and ins[0] in cast_of and ins[1] in self._const:
-                minus_zp[outs[0]] = (cast_of[ins[0]], ins[1])
-            elif op == "Mul" and outs and self._fold_mul(node, cast_of, minus_zp):
-                continue
-            elif op in ("Mul", "Div") and any(n in accumulators_f for n in ins[:2]):
-                self._qparams.update(n for n in ins[:2] if n in self._const)  # the dequantizing scale
-            # Scales computed at run time (DynamicQuantizeLinear's scale times a weight scale): not data.
-            data_ins = [n for n in node.input if n]
-            if outs and data_ins and any(n in scale_values for n in data_ins) and all(
-                    n in scale_values or n in self._const for n in data_ins):
-                scale_values.update(outs)
-                self._qparams.update(n for n in data_ins if n in self._const)
-        self._skip |= scale_values
-
-    def _fold_mul(self, node: onnx.NodeProto, cast_of: dict, minus_zp: dict) -> bool:
-        """Cast(int const) [- zp] * scale: a float weight with an existing encoding (True if so)."""
-        a, b = (list(node.input) + ["", ""])[:2]
-        for chain, scale in ((a, b), (b, a)):
-            if chain in cast_of:
-                src, zp = cast_of[chain], ""
-            elif chain in minus_zp:
-                src, zp = minus_zp[chain]
-            else:
-                continue
-            if scale not in self._const or not self.is_float(scale):
-                continue
-            q = self._const_array(src)
-            s = self._const_array(scale)
-            z = self._const_array(zp) if zp else np.zeros((), np.int64)
-            if q is None or s is None or z is None:
-                continue
-            axis_s, axis_z = _broadcast_axis(s.shape, q.ndim), _broadcast_axis(z.shape, q.ndim)
-            if axis_s is False or axis_z is False or (axis_s is not None and axis_z is not None and axis_s != axis_z):
-                continue
-            axis = axis_s if axis_s is not None else axis_z
-            channels = q.shape[axis] if axis is not None else 1
-            flat_s = np.broadcast_to(s.reshape(-1), (channels,)) if s.size in (1, channels) else None
-            flat_z = np.broadcast_to(np.asarray(z).reshape(-1), (channels,)) if np.size(z) in (1, channels) else None
-            if flat_s is None or flat_z is None or np.any(flat_z != np.round(flat_z)):
-                continue
-            bw, signed = STORAGE_BITS[self._elem[src]]
-            zi = flat_z.astype(np.int64)
-            offsets = -zi - 2 ** (bw - 1) if signed else -zi
-            bad_scale = np.any(flat_s <= 0) or not np.all(np.isfinite(flat_s))
-            if bad_scale or np.any(offsets > 0) or np.any(offsets < -(2**bw - 1)):
-                continue
-            enc = Encoding(bw=bw, scale=tuple(float(v) for v in flat_s), offset=tuple(int(o) for o in offsets),
-                           symmetric=bool(signed and np.all(zi == 0)), axis=axis if channels > 1 else None)
-            out = node.output[0]
-            self._folded[out] = ("mul", src, zp, scale)
-            self._mark(out, enc, f"{_storage_name(self._elem[src])} weight dequantized by Cast -> Mul")
-            self._mark(src, enc, f"{_storage_name(self._elem[src])} weight dequantized by Cast -> Mul")
-            self._skip.add(chain)
-            self._skip.update(n for n in cast_of if cast_of[n] == src)
-            self._qparams.update(n for n in (scale, zp) if n)
-            return True
-        return False
-
-    def _fold(self, name: str) -> np.ndarray:
-        """The float32 value of a folded constant, as the model computes it."""
-        kind, src, *rest = self._folded[name]
-        q = np.asarray(self.initializer(src)).astype(np.float64)
-        if kind == "dq":
-            enc = rest[0]
-            scale, zp = np.asarray(enc.scale), -np.asarray(enc.offset, np.float64)
-            if STORAGE_BITS[self._elem[src]][1]:
-                zp = zp - 2 ** (enc.bw - 1)
-            if enc.axis is not None:
-                shape = [1] * q.ndim
-                shape[enc.axis] = scale.size
-                scale, zp = scale.reshape(shape), zp.reshape(shape)
-            else:
-                scale, zp = scale.reshape(()), zp.reshape(())
-            return ((q - zp) * scale).astype(np.float32)
-        zp_name, scale_name = rest
-        zp = np.asarray(self.initializer(zp_name)).astype(np.float64) if zp_name else 0.0
-        scale = np.asarray(self.initializer(scale_name)).astype(np.float32)
-        return ((q - zp).astype(np.float32) * scale).astype(np.float32)
+    # Placement calls this; it lives here, next to QuantTarget, so placement.py never imports model.py.
+    def _add(self, name: str, kind: str, op: str, node: str, **extra) -> None:
+        self.targets[name] = QuantTarget(name, kind, op, node, self._shapes.get(name), **extra)
 
     def _write_notes(self) -> None:
         if self.quantized_model:
@@ -741,141 +458,3 @@ class ModelIndex:
         if rnn:
             self.notes.append(f"{'/'.join(rnn)}: weights W and R are quantized per channel on axis 1 (a channel per "
                               f"gate row, shared by both directions) and B as an int32 bias")
-
-    def _place_quantizers(self) -> None:
-        inner, folded_bn = self._fused_inner()
-        for graph, _, owner, node in _walk(self.model.graph):
-            if node is None:
-                self._place_graph_inputs(graph, owner)
-                continue
-            op = node.op_type
-            if not self._known_domain(node):
-                self.custom_ops[node.name] = f"{node.domain}.{op}"
-                continue  # neither its parameters nor its outputs: the op stays float
-            for k, name in enumerate(node.input):
-                if (name and (name in self._const or name in self._folded) and self.is_float(name)
-                        and name not in self.targets and name not in self._qparams and name not in self._skip):
-                    self._place_constant(node, k, name, folded_bn)
-            if op == "Constant":
-                continue
-            for name in node.output:
-                if (not name or not self.is_float(name) or name in inner or name in self._skip
-                        or name in self._folded or name in self._dynamic):
-                    continue
-                if name in self.existing_encodings:
-                    pair = self._pairs.get(name)
-                    if pair and self._quantized(pair):
-                        self.aliases[name] = pair  # the DQ of a Q/DQ pair carries its Q input's encoding
-                    else:
-                        self._add(name, "activation", op, node.name, existing=self.existing_encodings[name])
-                    continue
-                src = self._reused_input(node)
-                if src is not None:
-                    self.aliases[name] = src
-                else:
-                    self._add(name, "activation", op, node.name)
-
-    @staticmethod
-    def _known_domain(node: onnx.NodeProto) -> bool:
-        return node.domain in DEFAULT_DOMAINS or (
-            node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear"))
-
-    def _place_graph_inputs(self, graph: onnx.GraphProto, owner: onnx.NodeProto | None) -> None:
-        inits = {t.name for t in graph.initializer}
-        outer = list(owner.input) if owner is not None else []
-        skip = max(len(outer) - len(graph.input), 0)  # body inputs line up with the owner's last inputs
-        for j, vi in enumerate(graph.input):
-            name = vi.name
-            if name in inits or not self.is_float(name) or name in self._dynamic:
-                continue
-            flows = owner is not None and owner.op_type in ("Loop", "Scan") and skip + j < len(outer)
-            src = outer[skip + j] if flows else ""
-            if src and self._quantized(src):
-                self.aliases[name] = src  # subgraph inputs flow through from the outer tensor
-            else:
-                self._add(name, "activation", "Input", owner.name if owner is not None else "",
-                          existing=self.existing_encodings.get(name))
-
-    def _place_constant(self, node: onnx.NodeProto, k: int, name: str, folded_bn: set[str]) -> None:
-        op = node.op_type
-        existing = self.existing_encodings.get(name)
-        if k in NON_DATA_INPUTS.get(op, ()) or (node.name in folded_bn and k >= 1):
-            return  # settings, or BatchNorm params that fold into the conv
-        if op in ("Conv", "ConvTranspose", "Gemm") and k == 2:
-            self._add(name, "bias", op, node.name, bias_inputs=(node.input[0], node.input[1]), existing=existing)
-            return
-        if op in RNN_OPS and k == 3:
-            self._add(name, "bias", op, node.name, existing=existing)  # W and R biases summed: own scale
-            return
-        axis = None
-        if k == 1 and op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            rank = len(self._shapes.get(name) or ())
-            if op == "Conv":
-                axis = 0
-            elif op == "ConvTranspose":
-                axis = 1
-            elif op == "Gemm":
-                trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                axis = 0 if trans_b else 1
-            elif rank >= 2:
-                axis = rank - 1  # MatMul weight [..., K, N]: output channels are the last axis
-        elif k in (1, 2) and op in RNN_OPS and len(self._shapes.get(name) or ()) == 3:
-            axis = 1  # W/R [dirs, gates*hidden, in]: a channel per gate row
-        self._add(name, "weight", op, node.name, axis=axis, existing=existing)
-
-    def _reused_input(self, node: onnx.NodeProto) -> str | None:
-        """The input whose encoding a data-movement output reuses, or None if it needs its own."""
-        if node.op_type in MOVE_OPS:
-            src = node.input[0] if node.input else ""
-            return src if src and self._quantized(src) else None
-        if node.op_type == "Concat":
-            floats = [n for n in node.input if n and self.is_float(n)]
-            if floats and all(self._quantized(n) for n in floats):
-                return floats[0]
-        return None
-
-    def _quantized(self, name: str) -> bool:
-        return name in self.targets or name in self.aliases
-
-    def _add(self, name: str, kind: str, op: str, node: str, **extra) -> None:
-        self.targets[name] = QuantTarget(name, kind, op, node, self._shapes.get(name), **extra)
-
-
-def _storage_name(elem: int) -> str:
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else "unknown type"
-    except Exception:
-        return TensorProto.DataType.Name(elem).lower() if elem in TensorProto.DataType.values() else "unknown type"
-
-
-def _broadcast_axis(shape: tuple, rank: int):
-    """The axis a parameter of `shape` varies along when broadcast against a tensor of `rank`
-    (None: one value for all; False: along several axes, which no encoding holds)."""
-    shape = tuple(shape)
-    if len(shape) > rank:
-        return False
-    aligned = (1,) * (rank - len(shape)) + shape
-    axes = [i for i, d in enumerate(aligned) if d != 1]
-    if not axes:
-        return None
-    return axes[0] if len(axes) == 1 else False
-
-
-def _constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
-    """The value of a Constant node as a TensorProto (dense attributes only)."""
-    for a in node.attribute:
-        if a.name == "value":
-            return a.t
-        if a.name == "value_float":
-            return numpy_helper.from_array(np.array(a.f, np.float32))
-        if a.name == "value_floats":
-            return numpy_helper.from_array(np.array(list(a.floats), np.float32))
-        if a.name == "value_int":
-            return numpy_helper.from_array(np.array(a.i, np.int64))
-        if a.name == "value_ints":
-            return numpy_helper.from_array(np.array(list(a.ints), np.int64))
-    return None  # sparse_value and strings: not treated as constants
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    return numpy_helper.to_array(_constant_tensor(node))

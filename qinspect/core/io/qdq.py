@@ -21,6 +21,9 @@ tensor is 8-bit (32-bit biases), 21 (IR 10) when one is 4- or 16-bit; an older m
 with onnx.version_converter first. Constants are quantized here with the ONNX rule
 ``rint(x / scale) + zp`` in float32 (float64 for int32 biases, whose codes need more than float32's
 24-bit mantissa); `quantize_constant` and `dequantize_constant` are shared with the simulation.
+
+Module layout: ONNX quantization parameters and the rule on constants are in `qdq_params.py`, graph
+surgery in `graph_edit.py`, external data layout in `external.py`; their names stay importable here.
 """
 from __future__ import annotations
 
@@ -29,271 +32,28 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..encoding import Encoding, bias_encoding
-from ..errors import ModelError, QInspectError
+from ..encoding import Encoding
+from ..errors import QInspectError
 from ..progress import NullProgress, Progress, check_cancel
+from .external import _external_input_files, _write_data
 from .files import atomic_write, check_target, write_error
+from .graph_edit import Block, NameMaker, all_graphs, constants_to_initializers, convert_opset, elem_type, insert_blocks
+from .graph_edit import opset_of
+from .qdq_params import _along, _int_tensor, _param_tensors, complete_encodings, onnx_qparams, quantize_constant
+# Not used here, but other modules and tests import them from this module.
+from .external import ALIGN  # noqa: F401
+from .qdq_params import STORAGE, QParams, dequantize_constant, fake_quantize  # noqa: F401
 
 OPSET_8BIT = 13
 OPSET_WIDE = 21  # int16/uint16/int4/uint4 QuantizeLinear and DequantizeLinear
 IR_FOR_OPSET = {OPSET_8BIT: 7, OPSET_WIDE: 10}
 # Above this the model's tensors go to an external data file (protobuf's hard limit is 2 GB).
 EXTERNAL_DATA_BYTES = 1 << 30
-STORAGE = {  # (bits, signed) -> ONNX element type
-    (4, False): TensorProto.UINT4, (4, True): TensorProto.INT4,
-    (8, False): TensorProto.UINT8, (8, True): TensorProto.INT8,
-    (16, False): TensorProto.UINT16, (16, True): TensorProto.INT16,
-    (32, True): TensorProto.INT32,
-}
-
-
-@dataclass(frozen=True)
-class QParams:
-    """An encoding in ONNX terms: float32 scale, zero point, storage type and its integer range."""
-
-    scale: np.ndarray        # float32, shape () or (C,)
-    zero_point: np.ndarray   # int64, same shape
-    bw: int
-    signed: bool
-    axis: int | None
-
-    @property
-    def elem(self) -> int:
-        return STORAGE[(self.bw, self.signed)]
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bw - 1)) if self.signed else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bw - 1) - 1 if self.signed else 2**self.bw - 1
-
-    def label(self) -> str:
-        return f"{'int' if self.signed else 'uint'}{self.bw}" + ("/ch" if self.axis is not None else "")
-
-
-def onnx_qparams(enc: Encoding) -> QParams | None:
-    """ONNX (scale, zero point, type) of an integer encoding, or None if ONNX cannot hold it.
-
-    Symmetric encodings whose offsets are all -2**(bw-1) (or -(2**(bw-1) - 1) when strict) become
-    signed with zp 0; everything else unsigned with zp = -offset. 32-bit only fits signed (biases).
-    """
-    if enc.is_float or not enc.scale:
-        return None
-    half = 2 ** (enc.bw - 1)
-    offsets = enc.offsets
-    signed = enc.symmetric and bool(np.all(offsets == (-(half - 1) if enc.strict else -half)))
-    if (enc.bw, signed) not in STORAGE:
-        return None
-    zp = np.zeros_like(offsets) if signed else -offsets
-    many = enc.axis is not None and len(enc.scale) > 1
-    scale = np.asarray(enc.scale, np.float32)
-    return QParams(
-        scale=scale if many else scale.reshape(()),
-        zero_point=zp if many else zp.reshape(()),
-        bw=enc.bw,
-        signed=signed,
-        axis=enc.axis if many else None,
-    )
-
-
-def _along(qp: QParams, values: np.ndarray, ndim: int) -> np.ndarray:
-    if qp.axis is None:
-        return values
-    shape = [1] * ndim
-    shape[qp.axis] = values.size
-    return values.reshape(shape)
-
-
-def quantize_constant(x: np.ndarray, qp: QParams, dtype=np.int64) -> np.ndarray:
-    """Integer codes of a constant with ONNX QuantizeLinear's rule, saturated to the type, as `dtype`
-    (int64 by default; the exporter asks for the storage type, so a large weight costs one float32
-    temporary and its codes, nothing more)."""
-    x = np.asarray(x)
-    if qp.bw == 32:  # float32 cannot hold 31-bit codes: divide in float64 by the float32 scale
-        t = np.divide(x, _along(qp, qp.scale.astype(np.float64), x.ndim), dtype=np.float64)
-    else:
-        t = np.divide(x, _along(qp, qp.scale, x.ndim), dtype=np.float32)
-    t = np.asarray(t).reshape(x.shape) if np.ndim(t) else np.array([t]).reshape(())  # 0-d: an array
-    zp = _along(qp, qp.zero_point, x.ndim)
-    with np.errstate(invalid="ignore"):
-        np.rint(t, out=t)
-        np.add(t, zp, out=t, casting="unsafe")
-    if not np.isfinite(t).all():  # NaN becomes 0 (the zero point); +-Inf saturates
-        t = np.where(np.isnan(t), np.broadcast_to(zp, t.shape), t)
-        t = np.nan_to_num(t, posinf=qp.qmax, neginf=qp.qmin)
-    np.clip(t, qp.qmin, qp.qmax, out=t)
-    return t.astype(dtype)
-
-
-def dequantize_constant(q: np.ndarray, qp: QParams) -> np.ndarray:
-    """float32 values of codes, as DequantizeLinear computes them: float(q - zp) * scale."""
-    q = np.asarray(q, np.int64)
-    diff = (q - _along(qp, qp.zero_point, q.ndim)).astype(np.float32)
-    return diff * _along(qp, qp.scale, q.ndim)
-
-
-def fake_quantize(x: np.ndarray, enc: Encoding | None) -> np.ndarray:
-    """What a float tensor becomes in the exported model (float32): Q/DQ, a float16 round trip, or
-    unchanged. Activations and constants follow the same rule."""
-    x = np.asarray(x)
-    if enc is None or (enc.is_float and enc.bw == 32):
-        return x.astype(np.float32)
-    if enc.is_float:
-        return x.astype(np.float16).astype(np.float32)
-    qp = onnx_qparams(enc)
-    if qp is None:
-        return x.astype(np.float32)
-    return dequantize_constant(quantize_constant(x, qp), qp)
-
-
-def _int_tensor(name: str, q: np.ndarray, qp: QParams) -> TensorProto:
-    if qp.bw != 4:
-        dtype = helper.tensor_dtype_to_np_dtype(qp.elem)
-        return numpy_helper.from_array(q.astype(dtype, copy=False), name)
-    flat = (q.ravel() & 0xF).astype(np.uint8)  # two's complement nibbles, low nibble first
-    if flat.size % 2:
-        flat = np.append(flat, np.uint8(0))
-    packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
-    return helper.make_tensor(name, qp.elem, list(q.shape), packed.tobytes(), raw=True)
-
-
-def _param_tensors(prefix: str, qp: QParams, names: Callable[[str], str]) -> tuple[TensorProto, TensorProto]:
-    scale = numpy_helper.from_array(qp.scale, names(prefix + "_scale"))
-    zp = _int_tensor(names(prefix + "_zero_point"), qp.zero_point, qp)
-    return scale, zp
-
-
-# --- graph surgery, shared with the simulation ----------------------------------------------------
-
-
-def all_graphs(graph: onnx.GraphProto):
-    """`graph` and every subgraph below it."""
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from all_graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from all_graphs(g)
-
-
-class NameMaker:
-    """Fresh tensor names that collide with nothing in the model."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.taken: set[str] = set()
-        for g in all_graphs(model.graph):
-            self.taken.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
-            self.taken.update(t.name for t in g.initializer)
-            for n in g.node:
-                self.taken.update(n.input)
-                self.taken.update(n.output)
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
-
-
-Block = Callable[[str, str], list]  # (source tensor, output tensor) -> nodes computing output
-
-
-def insert_blocks(model: onnx.ModelProto, blocks: dict[str, Block], names: NameMaker) -> dict[str, str]:
-    """Put `blocks[T]` between every tensor T and its consumers, in whichever graph produces T.
-
-    A node output T is renamed at its producer and the block writes T, so consumers, graph outputs
-    and subgraph references keep their names. A graph input cannot be renamed: its readers are
-    pointed at the block's output instead; the returned dict maps such inputs to that output.
-    """
-    renames: dict[str, str] = {}
-    for g in all_graphs(model.graph):
-        for vi in g.input:
-            if vi.name in blocks:
-                renames[vi.name] = names(vi.name + "_qdq")
-    if renames:
-        for g in all_graphs(model.graph):
-            for n in g.node:
-                for i, x in enumerate(n.input):
-                    if x in renames:
-                        n.input[i] = renames[x]
-            for o in g.output:
-                # A subgraph output is positional: read the quantized value. A main-graph output
-                # that passes an input through keeps its name (and the float value it passes).
-                if o.name in renames and g is not model.graph:
-                    o.name = renames[o.name]
-    for g in all_graphs(model.graph):
-        new_nodes = []
-        for vi in g.input:
-            if vi.name in blocks:
-                new_nodes.extend(blocks[vi.name](vi.name, renames[vi.name]))
-        for n in g.node:
-            new_nodes.append(n)
-            for i, out in enumerate(n.output):
-                if out in blocks:
-                    src = names(out + "_float")
-                    n.output[i] = src
-                    new_nodes.extend(blocks[out](src, out))
-        del g.node[:]
-        g.node.extend(new_nodes)
-    return renames
-
-
-def constants_to_initializers(model: onnx.ModelProto, wanted: set[str]) -> None:
-    """Turn the Constant nodes that produce `wanted` tensors into initializers of their graph."""
-    from ..model import _constant_tensor  # the same reading of Constant attributes as the index
-
-    for g in all_graphs(model.graph):
-        keep = []
-        for n in g.node:
-            if n.op_type == "Constant" and n.output and n.output[0] in wanted:
-                t = TensorProto()
-                t.CopyFrom(_constant_tensor(n))
-                t.name = n.output[0]
-                g.initializer.append(t)
-            else:
-                keep.append(n)
-        if len(keep) != len(g.node):
-            del g.node[:]
-            g.node.extend(keep)
-
-
-def elem_type(index, name: str) -> int:
-    info = index.tensors.get(name)
-    try:
-        return helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype)) if info and info.dtype else TensorProto.FLOAT
-    except Exception:
-        return TensorProto.FLOAT
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def convert_opset(model: onnx.ModelProto, target: int, label: str) -> onnx.ModelProto:
-    """`model` at default-domain opset `target` (converted with onnx.version_converter)."""
-    try:
-        from onnx import version_converter
-
-        converted = version_converter.convert_version(model, target)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{label}: cannot convert the model from opset {opset_of(model)} to {target} "
-                         f"({first[:200]}); convert it yourself and export again") from exc
-    return converted
-
-
-# --- the exporter ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -323,22 +83,6 @@ class ExportReport:
         out += [f"note: {n}" for n in self.notes]
         out += [f"warning: {w}" for w in self.warnings]
         return out
-
-
-def complete_encodings(index, encodings: dict[str, Encoding]) -> dict[str, Encoding]:
-    """`encodings` plus int32 encodings for biases that have none while their op's input and
-    weight are integer (scale = input scale x weight scale), as the QNN converter derives them."""
-    out = dict(encodings)
-    for name in index.biases():
-        t = index.targets[name]
-        if name in out or not t.bias_inputs:
-            continue
-        act, weight = t.bias_inputs
-        a, w = out.get(index.encoding_source(act)), out.get(weight)
-        if a is None or w is None or a.is_float or w.is_float or len(a.scale) != 1:
-            continue
-        out[name] = bias_encoding(a.scale[0], w.scales, axis=0)
-    return out
 
 
 def _opset_needed(used: list[tuple[str, Encoding]]) -> int:
@@ -545,26 +289,6 @@ def build_qdq_model(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelPr
     return model, report.warnings + report.notes
 
 
-def _external_input_files(index) -> list[str]:
-    """External data files of the input model, which an export must never overwrite."""
-    if not index.path:
-        return []
-    base = os.path.dirname(os.path.abspath(index.path))
-    try:
-        if os.path.getsize(index.path) > 64 << 20:
-            return []  # an inline model; a model with external data has a small .onnx file
-        raw = onnx.load(index.path, load_external_data=False)
-    except Exception:
-        return []
-    files = set()
-    for g in all_graphs(raw.graph):
-        for t in g.initializer:
-            if t.data_location == TensorProto.EXTERNAL:
-                loc = next((e.value for e in t.external_data if e.key == "location"), "")
-                files.add(os.path.join(base, loc))
-    return sorted(files)
-
-
 def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progress: Progress | None = None,
                external_data: bool | None = None) -> ExportReport:
     """Write the QDQ model atomically to `path`; the input model and `protect` are never overwritten.
@@ -606,62 +330,6 @@ def _check_output(model) -> None:
     except Exception as exc:  # our own output failing the checker is a bug: say so plainly
         raise QInspectError(f"the QDQ model fails the ONNX checker ({str(exc).splitlines()[0][:200]}); "
                             "please report this with the model") from exc
-
-
-ALIGN = 4096  # data offsets on page boundaries, so onnxruntime can map tensors instead of copying
-_CHUNK = 16 << 20
-
-
-def _write_data(model: onnx.ModelProto, data_path: Path, location: str, source_dir: str | None,
-                threshold: int = 1024) -> bool:
-    """Move the tensor data of `model` into one file at `data_path`, recorded under `location`:
-    tensors of `threshold` bytes or more held in the proto, and tensors still stored in the input
-    model's external files under `source_dir` (copied in chunks). True if the file got any data."""
-    from ..model import FIXED_SIZE_TYPES, _all_tensors, _external_info
-
-    wrote = False
-    with open(data_path, "wb") as out:
-        for t in _all_tensors(model.graph):
-            if t.data_location == TensorProto.EXTERNAL:
-                info = _external_info(t)
-                if source_dir is None:
-                    raise QInspectError(f"tensor '{t.name}' refers to external data that was not loaded; "
-                                        "please report this with the model")
-                length = int(info.get("length", 0) or 0) or len(numpy_helper.to_array(t, source_dir).tobytes())
-                pos = _pad(out)
-                with open(os.path.join(source_dir, info.get("location", "")), "rb") as src:
-                    src.seek(int(info.get("offset", 0) or 0))
-                    left = length
-                    while left:
-                        chunk = src.read(min(left, _CHUNK))
-                        if not chunk:
-                            raise QInspectError(f"external data of tensor '{t.name}' is truncated; re-export the "
-                                                "input model")
-                        out.write(chunk)
-                        left -= len(chunk)
-            else:
-                if not t.HasField("raw_data") and t.data_type in FIXED_SIZE_TYPES and t.ByteSize() >= threshold:
-                    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))  # typed fields -> raw
-                if not t.HasField("raw_data") or len(t.raw_data) < threshold:
-                    continue
-                length = len(t.raw_data)
-                pos = _pad(out)
-                out.write(t.raw_data)
-                t.ClearField("raw_data")
-            del t.external_data[:]
-            for key, value in (("location", location), ("offset", str(pos)), ("length", str(length))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            t.data_location = TensorProto.EXTERNAL
-            wrote = True
-    return wrote
-
-
-def _pad(out) -> int:
-    pos = out.tell()
-    if pos % ALIGN:
-        out.write(b"\0" * (ALIGN - pos % ALIGN))
-    return out.tell()
 
 
 def _save_external(model: onnx.ModelProto, path: Path, protect, source_dir: str | None = None,
