@@ -53,6 +53,23 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _data_and_provider_options(p) -> None:
+    """Options for reading image folders and choosing onnxruntime providers (calibrate, compare)."""
+    p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
+    p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
+    p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
+
+
+def _open_data(args, index):
+    from .core.data import open_data
+
+    return open_data(args.data, index.inputs, samples=args.samples, image_size=args.image_size, mean=args.mean,
+                     std=args.std, layout=args.layout, channels=args.channels)
+
+
 def _calibrate_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="calibrate a model and write an overrides/encodings JSON")
     p.add_argument("model", help="the float ONNX model")
@@ -70,12 +87,7 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("--samples", type=int, help="use at most N samples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--session", help="also save a session file that the app reopens")
-    p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
-    p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
-    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
-    p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
-    p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
+    _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -104,12 +116,7 @@ def _compare_parser(sub) -> None:
                    help="rank quantizer groups (an op's activation, weight and bias) by the output error they cause")
     p.add_argument("--sensitivity-samples", type=int, default=16, metavar="N",
                    help="samples the sensitivity analysis runs on (default 16)")
-    p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
-    p.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
-    p.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
-    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
-    p.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb")
-    p.add_argument("--provider", action="append", help="onnxruntime execution provider (repeatable)")
+    _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -187,7 +194,6 @@ def run_compare(args) -> int:
     import json
 
     from .core.analysis import compare
-    from .core.data import open_data
     from .core.model import load_model
     from .core.progress import NullProgress
 
@@ -200,8 +206,7 @@ def run_compare(args) -> int:
     _check_providers(args.provider)
     index = load_model(args.model)
     encodings = _read_encodings(args.encodings, index)
-    data = open_data(args.data, index.inputs, samples=args.samples, image_size=args.image_size, mean=args.mean,
-                     std=args.std, layout=args.layout, channels=args.channels)
+    data = _open_data(args, index)
     progress = NullProgress() if args.quiet else TerminalProgress(label="comparing")
     ranking, info = None, None
     with data:
@@ -266,7 +271,6 @@ def _sensitivity_summary(ranking, info) -> str:
 
 def run_calibrate(args) -> int:
     from .core.calibrate import calibrate
-    from .core.data import open_data
     from .core.io.overrides import apply_overrides, read_overrides, write_overrides
     from .core.model import load_model
     from .core.plan import Defaults, PrecisionPlan, derive_encodings
@@ -277,16 +281,7 @@ def run_calibrate(args) -> int:
     if args.batch_size < 1:
         raise _Usage("--batch-size must be at least 1")
     index = load_model(args.model)
-    data = open_data(
-        args.data,
-        index.inputs,
-        samples=args.samples,
-        image_size=args.image_size,
-        mean=args.mean,
-        std=args.std,
-        layout=args.layout,
-        channels=args.channels,
-    )
+    data = _open_data(args, index)
     defaults = Defaults(
         act_bw=args.act_bw,
         param_bw=args.param_bw,

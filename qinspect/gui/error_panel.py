@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from functools import partial
 
 import numpy as np
@@ -21,6 +20,7 @@ import shiboken6
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QLabel
 
+from .events import listen
 from .workers import JobThread
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,7 @@ class LiveError(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(debounce_ms)
         self._timer.timeout.connect(self._run)
-        method = weakref.WeakMethod(self._on_project)
-
-        def listener(event, names):
-            bound = method()
-            if bound is not None:
-                bound(event, names)
-
-        project.subscribe(listener)
-        self.destroyed.connect(partial(project.unsubscribe, listener))
+        listen(self, project, self._on_project)
         self._set_status("", "")
         if project.index is not None and project.stats:
             self.schedule(None)

@@ -21,9 +21,7 @@ the quantizers inside its bodies too.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import defaultdict
-from functools import partial
 
 import shiboken6
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -42,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from .graph_layout import COL_GAP, NODE_H, NODE_W, layered_layout, place, strips_for
+from .events import listen
 
 OPEN_SCALE = 0.85         # zoom a big graph opens at
 LABEL_MIN_SCALE = 0.35    # below this zoom, labels are hidden
@@ -111,15 +110,7 @@ class GraphView(QGraphicsView):
         self._reset_state()
         self.legend = ""
         self.build_seconds = 0.0
-        method = weakref.WeakMethod(self._on_project)
-
-        def listener(event, names):
-            bound = method()
-            if bound is not None:
-                bound(event, names)
-
-        project.subscribe(listener)
-        self.destroyed.connect(partial(project.unsubscribe, listener))
+        listen(self, project, self._on_project)
 
     def _reset_state(self) -> None:
         self.activation_marks: set[str] = set()   # nodes (or inputs) whose output has a quantizer

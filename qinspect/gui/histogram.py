@@ -7,8 +7,6 @@ clipped mass and estimated error live and pushes one undoable command on release
 from __future__ import annotations
 
 import math
-import weakref
-from functools import partial
 
 import numpy as np
 import pyqtgraph as pg
@@ -21,6 +19,7 @@ from ..core.encoding import Encoding, compute_encoding
 from ..core.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
 from ..core.stats import DEFAULT_BINS, TensorStats
 from .messages import notify
+from .events import listen
 
 MAX_GRID_LINES = 64  # denser grids are drawn as nothing: a solid block of lines says less
 EXACT_ERROR_LIMIT = 2_000_000  # per-channel weights up to this many values get an exact error
@@ -88,17 +87,7 @@ class HistogramPanel(QWidget):
         self._exact_errors: dict[tuple[str, int, Encoding], ErrorEstimate] = {}
         self._channel_ranges: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self._build()
-        # The project outlives the panel: listen through a weak reference and stop listening
-        # when the widget goes away, so a closed panel is neither kept alive nor called.
-        method = weakref.WeakMethod(self._on_project_event)
-
-        def listener(event, names):
-            bound = method()
-            if bound is not None:
-                bound(event, names)
-
-        project.subscribe(listener)
-        self.destroyed.connect(partial(project.unsubscribe, listener))
+        listen(self, project, self._on_project_event)
         self.show_tensor(None)
 
     # --- construction --------------------------------------------------------------------

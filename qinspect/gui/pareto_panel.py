@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from functools import partial
 
 import numpy as np
@@ -26,6 +25,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core.commands import SetEdits
+from .events import listen
 
 SAMPLES = 16
 CANDIDATES = ("int8", "int16", "float16", "float32")
@@ -69,15 +69,7 @@ class ParetoPanel(QWidget):
         self._thread = None
         self.applied: int | None = None
         self._build()
-        method = weakref.WeakMethod(self._on_project)
-
-        def listener(event, names):
-            bound = method()
-            if bound is not None:
-                bound(event, names)
-
-        project.subscribe(listener)
-        self.destroyed.connect(partial(project.unsubscribe, listener))
+        listen(self, project, self._on_project)
         self._update_buttons()
 
     def _build(self) -> None:

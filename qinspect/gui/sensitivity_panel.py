@@ -16,7 +16,6 @@ one to show first: the group's output activation);
 from __future__ import annotations
 
 import math
-import weakref
 from functools import partial
 
 import numpy as np
@@ -39,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.commands import SetEdits
+from .events import listen
 
 SAMPLES = 16
 PRECISIONS = ("int16", "float16", "float32")
@@ -79,15 +79,7 @@ class SensitivityPanel(QWidget):
         self._index = None        # the model the entries are for
         self._thread = None
         self._build()
-        method = weakref.WeakMethod(self._on_project)
-
-        def listener(event, names):
-            bound = method()
-            if bound is not None:
-                bound(event, names)
-
-        project.subscribe(listener)
-        self.destroyed.connect(partial(project.unsubscribe, listener))
+        listen(self, project, self._on_project)
         self._update_buttons()
 
     # --- construction -------------------------------------------------------------------------
