@@ -273,7 +273,9 @@ class Simulator:
 
     def _constant(self, name: str, enc: Encoding | None) -> np.ndarray:
         value = self.index.initializer(name)
-        return fake_quantize(value, enc).astype(value.dtype)
+        # asarray: a 0-d constant (a scale, an epsilon) would come back as a numpy scalar, which
+        # onnxruntime refuses as a feed.
+        return np.asarray(fake_quantize(value, enc), dtype=value.dtype)
 
     def constant_value(self, name: str) -> np.ndarray:
         """The value a weight or bias takes in the simulation (and the export)."""

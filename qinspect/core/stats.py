@@ -99,8 +99,11 @@ class TensorStats:
 
     def _bin(self, x: np.ndarray, weight: float) -> None:
         """Add the values of `x` (inside [lo, hi]) to the counts, each with `weight`."""
-        if self.hi - self.lo > 1e38 and x.dtype.itemsize < 8:
-            x = x.astype(np.float64)  # x - lo would overflow float32 (a -3.4e38 mask next to +3.4e38)
+        width = self.hi - self.lo
+        if (width > 1e38 or self.bins / width > 1e37) and x.dtype.itemsize < 8:
+            # float32 would overflow: x - lo for a -3.4e38 mask next to +3.4e38, or bins / width
+            # for a range of denormals (activations that decayed to ~1e-40).
+            x = x.astype(np.float64)
         t = x.dtype.type
         lo, scale = t(self.lo), t(self.bins / (self.hi - self.lo))
         top = self.bins - 1

@@ -187,3 +187,24 @@ def test_cancelled_update_changes_nothing(cnn):
     again = comparer.update(encodings)  # finds the same change again and recomputes it
     assert "input" in comparer.last_update["changed"]
     assert again.tensors["input"].sqnr_db > before.tensors["input"].sqnr_db + 30
+
+
+def test_scalar_constant_is_simulated():
+    """A 0-d float constant (attention's 1/sqrt(d) scale, an epsilon) is a weight target; its
+    fake-quantized value must reach onnxruntime as an array, not a numpy scalar."""
+    from onnx import TensorProto, helper
+
+    from tests.models import finish
+
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.125])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["y"], name="mul"), helper.make_node("Relu", ["y"], ["z"], name="relu")],
+        "scalar", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])], initializer=[scale])
+    index = load_model(finish(graph))
+    data = open_data("random:8", index.inputs)
+    encodings = derive_encodings(index, calibrate(index, data).stats, PrecisionPlan())
+    assert "scale" in encodings
+    comparer = Comparer(index, data, samples=4)
+    result = comparer.update(encodings)
+    assert result is not None

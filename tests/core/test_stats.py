@@ -158,3 +158,14 @@ def test_channel_stats():
     assert len(per) == 3
     for c, s in enumerate(per):
         assert s.min == w[:, c].min() and s.max == w[:, c].max() and s.count == 8
+
+
+def test_denormal_range_does_not_overflow():
+    """A deep chain can decay activations to denormals; bins / width then overflows float32."""
+    from qinspect.core.stats import TensorStats
+
+    x = np.array([1e-40, 2e-40, 3e-40, 0.0], dtype=np.float32)
+    s = TensorStats.of(x)
+    s.update(x * 2)
+    assert s.count == 8 and s.counts.sum() == 8
+    assert s.max == pytest.approx(6e-40, rel=1e-2)
