@@ -150,6 +150,12 @@ class HistogramPanel(QWidget):
         top.addWidget(self.channel_spin)
         top.addWidget(self.log_check)
         self._channel_widgets = [channel_label, self.channel_spin, self.channel_plot]
+        # Hidden widgets keep their space: switching between a weight and an activation then does
+        # not resize the histogram, whose relayout cost ~100 ms per switch (bench/bench_ui.py).
+        for w in self._channel_widgets:
+            policy = w.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            w.setSizePolicy(policy)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(top)
