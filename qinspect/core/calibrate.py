@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +29,7 @@ from onnx import helper
 
 from .errors import DataError, ModelError
 from .progress import NullProgress, Progress, check_cancel
-from .stats import DEFAULT_BINS, TensorStats
+from .stats import DEFAULT_BINS, TensorStats, update_all
 
 # Activation bytes of one batch that may be exposed at once; larger models run in several passes.
 DEFAULT_GROUP_BYTES = 1 << 30
@@ -97,7 +99,28 @@ def _session(index, names: list[str], providers, workdir: str):
         if out == name and name not in existing:
             graph.output.append(helper.make_tensor_value_info(name, elem[name], None))
             existing.add(name)
-    return make_session(model, providers, workdir, index), read, refused
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures come back as exceptions, reported in one line
+    # Statistics run between batches on every core; onnxruntime's idle threads must not spin on them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return make_session(model, providers, workdir, index, options=options), read, refused
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _stats_pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """Threads that share the statistics of a batch with the calibrating thread (one per extra
+    core, at most 3), created once and kept for the process."""
+    global _POOL
+    parts = min(os.cpu_count() or 1, 4)
+    if parts < 2:
+        return None, 1
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="qinspect-stats")
+    return _POOL, parts
 
 
 def ort_reason(exc: BaseException) -> str:
@@ -242,8 +265,11 @@ def calibrate(
                     for count, feeds in data.counted_batches(batch_size):
                         check_cancel(progress)
                         values = _run(session, feeds, outputs, source)
+                        for name in names:
+                            if name not in partial:
+                                partial[name] = TensorStats(bins, histogram_sample)
+                        update_all([(partial[n], v) for n, v in zip(names, values)], *_stats_pool())
                         for name, value in zip(names, values):
-                            partial.setdefault(name, TensorStats(bins, histogram_sample)).update(value)
                             if name in declared and declared[name] is not None and not _warned(warnings, name):
                                 _check_shape(name, declared[name], np.shape(value), warnings)
                         if g == 0:

@@ -14,6 +14,7 @@ sum to the number of values seen), plus the exact min and max. `sample=None` (th
 from __future__ import annotations
 
 import math
+from concurrent.futures import wait
 from functools import lru_cache
 
 import numpy as np
@@ -223,6 +224,35 @@ class TensorStats:
         stats = cls(bins, sample)
         stats.update(x)
         return stats
+
+
+def update_all(pairs, pool=None, parts: int = 2) -> None:
+    """`stats.update(values)` for every (stats, values) pair; each stats object must appear once.
+
+    With `pool` (a `concurrent.futures` executor) the pairs are split into `parts` shares of about
+    equal size, run by the caller and the pool's threads together: numpy releases the GIL in its
+    passes over the data, and two cores read memory about twice as fast as one. Each statistics
+    object is updated by one thread only, so the result is the same as in order.
+    """
+    pairs = list(pairs)
+    if pool is None or parts < 2 or len(pairs) < 2:
+        for stats, values in pairs:
+            stats.update(values)
+        return
+    shares: list[list] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for stats, values in sorted(pairs, key=lambda p: -np.size(p[1])):
+        k = load.index(min(load))
+        shares[k].append((stats, values))
+        load[k] += np.size(values)
+    futures = [pool.submit(update_all, share) for share in shares[1:] if share]
+    try:
+        update_all(shares[0])
+    except BaseException:
+        wait(futures)  # no thread may still be writing when the caller sees the error
+        raise
+    for f in futures:
+        f.result()
 
 
 @lru_cache(maxsize=1024)

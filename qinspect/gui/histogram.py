@@ -415,6 +415,9 @@ class HistogramPanel(QWidget):
             parts.append(f"not calibrated: {why}")
         else:
             parts.append(f"{stats.count:,} values, min {_fmt(stats.min)}, max {_fmt(stats.max)}")
+            if getattr(stats, "sampled", False):
+                # Calibration bins a bounded subsample of each batch for speed; min/max stay exact.
+                parts.append("histogram from a subsample (min/max exact)")
         if stats is not None and stats.nonfinite_count:
             parts.append(f"NaN {stats.nan_count:,}, +Inf {stats.posinf_count:,}, -Inf {stats.neginf_count:,} "
                          "(not in the histogram)")

@@ -169,3 +169,39 @@ def test_denormal_range_does_not_overflow():
     s.update(x * 2)
     assert s.count == 8 and s.counts.sum() == 8
     assert s.max == pytest.approx(6e-40, rel=1e-2)
+
+
+def test_subsampled_histogram_keeps_exact_counts_and_extremes():
+    from qinspect.core.stats import TensorStats
+
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal((8, 16, 32, 32)).astype(np.float32) for _ in range(6)]
+    exact, sampled = TensorStats(), TensorStats(sample=4096)
+    for b in batches:
+        exact.update(b)
+        sampled.update(b)
+    assert sampled.sampled and not exact.sampled
+    assert (sampled.count, sampled.min, sampled.max) == (exact.count, exact.min, exact.max)
+    assert sampled.counts.sum() == pytest.approx(exact.count)
+    # the sampled histogram estimates the exact one: compare their CDFs
+    cdf_s = np.cumsum(sampled.counts) / sampled.counts.sum()
+    cdf_e = np.interp(sampled.edges[1:], exact.edges, np.concatenate([[0], np.cumsum(exact.counts)])) / exact.count
+    assert np.abs(cdf_s - cdf_e).max() < 0.02
+
+
+def test_update_all_with_a_pool_equals_updates_in_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qinspect.core.stats import TensorStats, update_all
+
+    rng = np.random.default_rng(6)
+    values = [rng.standard_normal(n).astype(np.float32) * (i + 1) for i, n in enumerate([10, 5000, 300000, 7, 20000])]
+    in_order = [TensorStats() for _ in values]
+    for s, v in zip(in_order, values):
+        s.update(v)
+    pooled = [TensorStats() for _ in values]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        update_all(list(zip(pooled, values)), pool, 3)
+    for a, b in zip(in_order, pooled):
+        assert (a.count, a.min, a.max, a.lo, a.hi) == (b.count, b.min, b.max, b.lo, b.hi)
+        np.testing.assert_array_equal(a.counts, b.counts)
