@@ -17,20 +17,11 @@ from qinspect.core.io.report import write_report
 from qinspect.core.model import load_model
 from qinspect.core.plan import Defaults, PrecisionPlan, derive_encodings
 from tests.models import small_cnn
+from tests.helpers import Recorder
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 
 
-class Recorder:
-    def __init__(self, cancel_after=None):
-        self.calls = []
-        self.cancel_after = cancel_after
-
-    def update(self, done, total, message=""):
-        self.calls.append((done, total))
-
-    def cancelled(self):
-        return self.cancel_after is not None and len(self.calls) > self.cancel_after
 
 
 @pytest.fixture(scope="module")

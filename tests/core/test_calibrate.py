@@ -7,18 +7,9 @@ from qinspect.core.data import open_data
 from qinspect.core.errors import Cancelled, DataError
 from qinspect.core.model import load_model
 from tests.models import finish, small_cnn
+from tests.helpers import Recorder
 
 
-class Recorder:
-    def __init__(self, cancel_after=None):
-        self.calls = []
-        self.cancel_after = cancel_after
-
-    def update(self, done, total, message=""):
-        self.calls.append((done, total))
-
-    def cancelled(self):
-        return self.cancel_after is not None and len(self.calls) > self.cancel_after
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from qinspect.core.sensitivity import (
     sensitivity,
 )
 from tests.models import finish, small_cnn
+from tests.helpers import Recorder
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 
@@ -61,16 +62,6 @@ def outlier_mlp(seed: int = 0, outlier: float = 50.0) -> onnx.ModelProto:
     return finish(graph)
 
 
-class Recorder:
-    def __init__(self, cancel_after=None):
-        self.calls = []
-        self.cancel_after = cancel_after
-
-    def update(self, done, total, message=""):
-        self.calls.append((done, total, message))
-
-    def cancelled(self):
-        return self.cancel_after is not None and len(self.calls) > self.cancel_after
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,16 @@ import time
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PySide6.QtCore import Qt
 
 from qinspect.core.model import load_model
 from qinspect.core.project import Project
-from qinspect.gui import create_main_window
 from qinspect.gui.graph_layout import BAND, layered_layout, place, strips_for
 from qinspect.gui.graph_view import GraphView
 from qinspect.gui.main_window import EXAMPLE_DATA
 
 WAIT = 60_000
-
-
-@pytest.fixture
-def window(qtbot, messages):
-    w = create_main_window()
-    qtbot.addWidget(w)
-    yield w
-    w.cancel()
-    w.wait_for_jobs(10_000)
 
 
 def big_dag(blocks: int) -> onnx.ModelProto:

@@ -13,15 +13,6 @@ from qinspect.gui.tensor_table import SQNR
 WAIT = 60_000
 
 
-@pytest.fixture
-def window(qtbot, messages):
-    w = create_main_window()
-    qtbot.addWidget(w)
-    yield w
-    w.cancel()
-    w.wait_for_jobs(10_000)
-
-
 def calibrated(qtbot, window):
     """Calibrate on the example data and wait for the first live error numbers."""
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):

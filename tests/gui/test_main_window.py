@@ -13,15 +13,6 @@ from qinspect.gui.main_window import EXAMPLE_DATA, EXAMPLE_MODEL
 WAIT = 60_000
 
 
-@pytest.fixture
-def window(qtbot, messages):
-    w = create_main_window()
-    qtbot.addWidget(w)
-    yield w
-    w.cancel()
-    w.wait_for_jobs(10_000)
-
-
 def calibrate(qtbot, window, data=str(EXAMPLE_DATA), **options):
     with qtbot.waitSignal(window.calibrationFinished, timeout=WAIT) as blocker:
         assert window.calibrate(data, **options)

@@ -3,6 +3,7 @@ never leaves a half-written file where the old one was."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -77,3 +78,18 @@ def atomic_write(path, data: bytes | str, *, protect=()) -> Path:
             raise write_error(path, exc) from exc
         raise
     return path
+
+
+def read_json(path, error=QInspectError, fix: str = "fix the file or write it again"):
+    """Parse a JSON file; every failure is one `error` naming the file, the cause and `fix`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text JSON file (not UTF-8); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..encoding import Encoding
 from ..errors import OverridesError
-from .files import atomic_write
+from .files import atomic_write, read_json
 from .qdq import QParams, complete_encodings, onnx_qparams, opset_of
 
 FORMAT = "onnxruntime-tensor-quant-overrides"
@@ -154,12 +154,7 @@ def write_ort_overrides(path, index, encodings: dict[str, Encoding], *, protect=
 def read_ort_overrides(path) -> dict:
     """Keyword arguments for `quantize_static` from a file `write_ort_overrides` wrote."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OverridesError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise OverridesError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    doc = read_json(path, OverridesError)
     if not isinstance(doc, dict) or not isinstance(doc.get("TensorQuantOverrides"), dict):
         raise OverridesError(f"{path}: no TensorQuantOverrides object; write it with qinspect export --ort-overrides")
     extra = doc.get("extra_options", {})

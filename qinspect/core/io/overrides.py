@@ -12,7 +12,7 @@ import numpy as np
 
 from ..encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
 from ..errors import OverridesError
-from .files import atomic_write
+from .files import atomic_write, read_json
 
 VERSIONS = ("0.6.1", "1.0.0", "2.0.0")
 DEFAULT_VERSION = "0.6.1"
@@ -400,17 +400,7 @@ def _check_against_model(encodings, index, problems, warnings) -> None:
 
 def read_overrides(path, index=None) -> tuple[dict[str, Encoding], list[str]]:
     """Read an overrides file; see `parse_overrides`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise OverridesError(f"{path}: cannot read ({exc.strerror}); check the path") from None
-    except UnicodeDecodeError:
-        raise OverridesError(f"{path}: not a text JSON file (not UTF-8); choose an encodings .json file") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise OverridesError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or re-export it") from None
+    doc = read_json(path, OverridesError, "fix the file or re-export it")
     return parse_overrides(doc, index, source=str(path))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import QInspectError
 from ..plan import PrecisionPlan
 from ..stats import TensorStats
-from .files import atomic_write
+from .files import atomic_write, read_json
 
 SCHEMA_VERSION = 1
 
@@ -41,12 +41,7 @@ def save_session(path, session: Session, protect=()) -> Path:
 
 def load_session(path) -> Session:
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QInspectError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise QInspectError(f"{path}: not a qinspect session (invalid JSON at line {exc.lineno})") from None
+    doc = read_json(path, QInspectError, "choose a .qinspect file saved by qinspect")
     if not isinstance(doc, dict) or doc.get("format") != "qinspect-session":
         raise QInspectError(f"{path}: not a qinspect session file")
     version = doc.get("schema_version")
