@@ -182,6 +182,26 @@ def _failing(index, names: list[str], feeds, providers, workdir) -> dict[str, st
             **_failing(index, names[half:], feeds, providers, workdir)}
 
 
+def _derivable(index, names: list[str], main_graph: set[str]) -> dict:
+    """Main-graph tensors of `names` whose statistics follow from another's (see `derive`)."""
+    from .derive import scalar_affine
+
+    return {y: d for y, d in scalar_affine(index, names).items() if y in main_graph and d.source in main_graph}
+
+
+def _update(partial: dict, values: dict, derived: dict, pool, parts: int) -> None:
+    """Update every tensor's statistics with its batch: read ones on all cores, then derived ones
+    from their sources (falling back to reading when the source held NaN/Inf or the derived overflows)."""
+    read = [n for n in values if n not in derived]
+    seen = dict(zip(read, update_all([(partial[n], values[n]) for n in read], pool, parts)))
+    for name, rule in derived.items():
+        source = seen.get(rule.source)
+        got = None
+        if source is not None and np.size(values[name]) == source.count:
+            got = partial[name].update_derived(source, rule.fn, rule.decreasing)
+        seen[name] = got if got is not None else partial[name].update(values[name])
+
+
 def _declared_shape(vi) -> tuple | None:
     if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
         return None
@@ -258,6 +278,7 @@ def calibrate(
                     skipped[name] = why
                 names = [n for n in names if n in read]
                 outputs = [read[n] for n in names] or [index.outputs[0]]
+                derived = _derivable(index, names, main_graph) if histogram_sample is not None else {}
                 partial: dict[str, TensorStats] = {}
                 before = done
                 feeds = None
@@ -268,7 +289,7 @@ def calibrate(
                         for name in names:
                             if name not in partial:
                                 partial[name] = TensorStats(bins, histogram_sample)
-                        update_all([(partial[n], v) for n, v in zip(names, values)], *_stats_pool())
+                        _update(partial, dict(zip(names, values)), derived, *_stats_pool())
                         for name, value in zip(names, values):
                             if name in declared and declared[name] is not None and not _warned(warnings, name):
                                 _check_shape(name, declared[name], np.shape(value), warnings)

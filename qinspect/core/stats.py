@@ -15,13 +15,48 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import wait
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 DEFAULT_BINS = 2048
 _BLOCK = 1 << 16  # values binned per step on the exact path, so temporaries stay in cache
+_SCAN_BLOCK = 1 << 17  # values per block of min/max/subsample: 512 KB of float32, well inside L2
 _GOLDEN = 0.6180339887498949  # moves the subsample's start from one update to the next
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one update of a tensor saw: its count and exact extremes, and the values it binned."""
+    count: int
+    min: float
+    max: float
+    part: np.ndarray  # every value, or the subsample
+
+
+def _scan(x: np.ndarray, start: int = 0, step: int = 0) -> tuple[float, float, np.ndarray | None]:
+    """min, max and a copy of the subsample x[start::step] (None when step is 0) of a flat array.
+
+    A large array is read in blocks that stay in the core's cache while min, max and the subsample
+    look at them, so it comes from memory once (a 4 MB tensor: 0.72 -> 0.53 ms for min and max).
+    NaN shows in min and max, as in numpy's.
+    """
+    if x.size <= 2 * _SCAN_BLOCK:
+        return float(x.min()), float(x.max()), np.ascontiguousarray(x[start::step]) if step else None
+    part = np.empty(len(range(start, x.size, step)), dtype=x.dtype) if step else None
+    lo, hi = math.inf, -math.inf
+    for i in range(0, x.size, _SCAN_BLOCK):
+        block = x[i:i + _SCAN_BLOCK]
+        a, b = float(block.min()), float(block.max())
+        if a != a or b != b:
+            return math.nan, math.nan, None
+        lo, hi = min(lo, a), max(hi, b)
+        if step:
+            k = max(0, -(-(i - start) // step))  # the first subsample position in this block
+            chunk = x[start + k * step:i + _SCAN_BLOCK:step]
+            part[k:k + chunk.size] = chunk
+    return lo, hi, part
 
 
 class TensorStats:
@@ -56,41 +91,65 @@ class TensorStats:
     def nonfinite_count(self) -> int:
         return self.nan_count + self.posinf_count + self.neginf_count
 
-    def update(self, x) -> None:
-        """Add one batch of values (any shape)."""
+    def update(self, x) -> Seen | None:
+        """Add one batch of values (any shape). Returns what was seen (for tensors derived from this
+        one, see `update_derived`), or None when the batch held NaN/Inf or nothing."""
         x = np.asarray(x)
         if x.dtype.kind != "f" or x.dtype.itemsize < 4:
             x = x.astype(np.float32)
         shape = x.shape
         x = x.reshape(-1)
         if x.size == 0:
-            return
+            return None
+        n = x.size
+        start = step = 0
+        if self.sample is not None and n > self.sample:
+            # A fixed-stride subsample. The stride is a prime that divides no dimension, so the sample
+            # visits every index of every axis evenly (a stride sharing a factor with, say, the channel
+            # count would only ever see some channels); its start moves from one update to the next.
+            step = _stride(n, self.sample, shape)
+            self._updates += 1
+            start = int(self._updates * _GOLDEN % 1.0 * step)
         # min and max propagate NaN and show +-Inf, so they also tell whether anything is non-finite.
-        bmin, bmax = float(x.min()), float(x.max())
+        bmin, bmax, part = _scan(x, start, step)
         if not (math.isfinite(bmin) and math.isfinite(bmax)):
             finite = np.isfinite(x)
             self.nan_count += int(np.count_nonzero(np.isnan(x)))
             self.posinf_count += int(np.count_nonzero(x == np.inf))
             self.neginf_count += int(np.count_nonzero(x == -np.inf))
             x = x[finite]
-            shape = x.shape
-            if x.size == 0:
-                return
-            bmin, bmax = float(x.min()), float(x.max())
+            if x.size:
+                self._add(float(x.min()), float(x.max()), x.size, x)
+            return None
+        if part is None:
+            part = x
+        self._add(bmin, bmax, n, part)
+        return Seen(n, bmin, bmax, part)
+
+    def update_derived(self, seen: Seen, fn, decreasing: bool = False) -> Seen | None:
+        """Add the batch `fn(values)` of a tensor that is a monotone elementwise function of one whose
+        update returned `seen`, without reading it: min and max are fn of the source's (exact, as
+        float rounding keeps fn monotone) and the subsample is fn of the source's. Returns None, and
+        adds nothing, when fn overflows; the caller then updates from the real values."""
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the answer, not a problem
+            ends = fn(np.array([seen.min, seen.max], dtype=seen.part.dtype))
+        lo, hi = (float(ends[1]), float(ends[0])) if decreasing else (float(ends[0]), float(ends[1]))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        part = fn(seen.part)
+        self._add(lo, hi, seen.count, part)
+        return Seen(seen.count, lo, hi, part)
+
+    def _add(self, bmin: float, bmax: float, n: int, part: np.ndarray) -> None:
+        """Add a batch of `n` finite values in [bmin, bmax], of which `part` (all, or a subsample
+        that includes neither extreme on purpose) is binned."""
         self._cover(bmin, bmax)
         self.min = min(self.min, bmin)
         self.max = max(self.max, bmax)
-        n = x.size
         self.count += n
-        if self.sample is None or n <= self.sample:
-            self._bin(x, 1.0)
+        if part.size == n:
+            self._bin(part, 1.0)
             return
-        # A fixed-stride subsample. The stride is a prime that divides no dimension, so the sample
-        # visits every index of every axis evenly (a stride sharing a factor with, say, the channel
-        # count would only ever see some channels); its start moves from one update to the next.
-        step = _stride(n, self.sample, shape)
-        self._updates += 1
-        part = x[int(self._updates * _GOLDEN % 1.0 * step)::step]
         self._bin(part, (n - 2) / part.size)
         # The extremes are known exactly: each adds its own count, so the histogram spans [min, max].
         scale = self.bins / (self.hi - self.lo)
@@ -226,8 +285,9 @@ class TensorStats:
         return stats
 
 
-def update_all(pairs, pool=None, parts: int = 2) -> None:
-    """`stats.update(values)` for every (stats, values) pair; each stats object must appear once.
+def update_all(pairs, pool=None, parts: int = 2) -> list[Seen | None]:
+    """`stats.update(values)` for every (stats, values) pair, returning what each update saw (in the
+    order of `pairs`); each stats object must appear once.
 
     With `pool` (a `concurrent.futures` executor) the pairs are split into `parts` shares of about
     equal size, run by the caller and the pool's threads together: numpy releases the GIL in its
@@ -236,23 +296,28 @@ def update_all(pairs, pool=None, parts: int = 2) -> None:
     """
     pairs = list(pairs)
     if pool is None or parts < 2 or len(pairs) < 2:
-        for stats, values in pairs:
-            stats.update(values)
-        return
-    shares: list[list] = [[] for _ in range(parts)]
+        return [stats.update(values) for stats, values in pairs]
+    shares: list[list[int]] = [[] for _ in range(parts)]
     load = [0] * parts
-    for stats, values in sorted(pairs, key=lambda p: -np.size(p[1])):
+    for i in sorted(range(len(pairs)), key=lambda i: -np.size(pairs[i][1])):
         k = load.index(min(load))
-        shares[k].append((stats, values))
-        load[k] += np.size(values)
-    futures = [pool.submit(update_all, share) for share in shares[1:] if share]
+        shares[k].append(i)
+        load[k] += np.size(pairs[i][1])
+    seen: list[Seen | None] = [None] * len(pairs)
+
+    def run(share: list[int]) -> None:
+        for i in share:
+            seen[i] = pairs[i][0].update(pairs[i][1])  # each thread writes its own slots
+
+    futures = [pool.submit(run, share) for share in shares[1:] if share]
     try:
-        update_all(shares[0])
+        run(shares[0])
     except BaseException:
         wait(futures)  # no thread may still be writing when the caller sees the error
         raise
     for f in futures:
         f.result()
+    return seen
 
 
 @lru_cache(maxsize=1024)

@@ -205,3 +205,54 @@ def test_update_all_with_a_pool_equals_updates_in_order():
     for a, b in zip(in_order, pooled):
         assert (a.count, a.min, a.max, a.lo, a.hi) == (b.count, b.min, b.max, b.lo, b.hi)
         np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def test_scan_reads_min_max_and_subsample_across_blocks():
+    from qinspect.core.stats import _SCAN_BLOCK, _scan
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(3 * _SCAN_BLOCK + 1234).astype(np.float32)
+    x[2 * _SCAN_BLOCK + 5] = 9.5  # the extremes in later blocks
+    x[_SCAN_BLOCK - 1] = -8.25
+    for start, step in [(0, 61), (37, 61), (60, 61), (5, 131071), (0, 0)]:
+        lo, hi, part = _scan(x, start, step)
+        assert (lo, hi) == (-8.25, 9.5)
+        if step:
+            np.testing.assert_array_equal(part, x[start::step])
+        else:
+            assert part is None
+    x[3 * _SCAN_BLOCK + 3] = np.nan  # in the last, short block
+    lo, hi, _ = _scan(x, 0, 61)
+    assert np.isnan(lo) and np.isnan(hi)
+
+
+@pytest.mark.parametrize("fn, decreasing", [
+    (lambda v: v + np.float32(1.0), False),
+    (lambda v: np.float32(3.0) - v, True),
+    (lambda v: v * np.float32(-0.7071), True),
+    (lambda v: v / np.float32(1.4142135), False),
+])
+def test_derived_statistics_equal_reading_the_values(fn, decreasing):
+    """A tensor that is a monotone op of another gets, without being read, the statistics that
+    reading it gives: same min, max, count and histogram, batch after batch (subsampled or not)."""
+    rng = np.random.default_rng(8)
+    for sample, size in [(1024, (4, 37, 53)), (None, (3, 100))]:
+        source, derived, read = (TensorStats(256, sample) for _ in range(3))
+        for k in range(5):
+            x = (rng.standard_normal(size) * (k + 1) + k).astype(np.float32)
+            seen = source.update(x)
+            assert derived.update_derived(seen, fn, decreasing) is not None
+            read.update(fn(x))
+        assert (derived.count, derived.min, derived.max, derived.lo, derived.hi) == \
+               (read.count, read.min, read.max, read.lo, read.hi)
+        assert derived.sampled == read.sampled == (sample is not None)
+        np.testing.assert_array_equal(derived.counts, read.counts)
+
+
+def test_derived_statistics_refuse_an_overflow():
+    source, derived = TensorStats(64, 32), TensorStats(64, 32)
+    seen = source.update(np.linspace(-1e30, 1e30, 1000, dtype=np.float32))
+    assert derived.update_derived(seen, lambda v: v * np.float32(1e10)) is None
+    assert derived.count == 0 and derived.counts.sum() == 0
+    # a batch with NaN/Inf gives nothing to derive from
+    assert source.update(np.array([1.0, np.nan, 2.0], np.float32)) is None
