@@ -86,6 +86,9 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
     p.add_argument("--samples", type=int, help="use at most N samples")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--exact-histograms", action="store_true",
+                   help="bin every value into the histograms (slower); by default each batch bins a "
+                        "subsample of 16,384 values per tensor, while min/max stay exact")
     p.add_argument("--session", help="also save a session file that the app reopens")
     _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -270,7 +273,7 @@ def _sensitivity_summary(ranking, info) -> str:
 
 
 def run_calibrate(args) -> int:
-    from .core.calibrate import calibrate
+    from .core.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
     from .core.io.overrides import apply_overrides, read_overrides, write_overrides
     from .core.model import load_model
     from .core.plan import Defaults, PrecisionPlan, derive_encodings
@@ -305,7 +308,9 @@ def run_calibrate(args) -> int:
         if missing:
             raise _Usage(f"execution provider(s) {', '.join(missing)} not in this onnxruntime; have {available_providers()}")
     progress = NullProgress() if args.quiet else TerminalProgress()
-    result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers)
+    sample = None if args.exact_histograms else DEFAULT_HISTOGRAM_SAMPLE
+    result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers,
+                       histogram_sample=sample)
     for note in index.notes:
         print(f"qinspect: note: {note}", file=sys.stderr)
     for name, why in result.skipped.items():

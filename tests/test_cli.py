@@ -135,3 +135,27 @@ def test_subcommands_import_no_qt(cnn, tmp_path):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_exact_histograms_option(tmp_path, exact):
+    """By default a large activation's histogram comes from a subsample of each batch (min/max exact);
+    --exact-histograms bins every value. The session file records which."""
+    from onnx import TensorProto, numpy_helper
+
+    from qinspect.core.io.session import load_session
+    from tests.models import finish
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 64, 64])], [w])
+    model = tmp_path / "conv.onnx"
+    onnx.save_model(finish(graph), model)
+    args = ["calibrate", str(model), "--data", "random:16", "-o", str(tmp_path / "e.json"), "-q",
+            "--session", str(tmp_path / "s.qinspect")] + (["--exact-histograms"] if exact else [])
+    assert main(args) == 0
+    y = load_session(tmp_path / "s.qinspect").stats["y"]
+    assert y.count == 16 * 8 * 64 * 64
+    assert y.sampled is not exact
+    assert y.counts.sum() == pytest.approx(y.count)

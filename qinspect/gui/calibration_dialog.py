@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -54,12 +55,16 @@ class CalibrationDialog(QDialog):
         self.scheme = QComboBox(objectName="schemeCombo")
         self.scheme.addItems(SCHEMES)
         self.scheme.setCurrentText(scheme)
+        self.exact = QCheckBox("Bin every value (slower)", objectName="exactHistogramsCheck")
+        self.exact.setToolTip("By default each batch adds a subsample of 16,384 values per tensor to its "
+                              "histogram; min, max and counts are always exact.")
 
         form = QFormLayout()
         form.addRow("Data", data_row)
         form.addRow("Samples", self.samples)
         form.addRow("Batch size", self.batch)
         form.addRow("Range scheme", self.scheme)
+        form.addRow("Histograms", self.exact)
 
         images = QGroupBox("Images (for a folder of images)")
         image_form = QFormLayout(images)
@@ -98,6 +103,8 @@ class CalibrationDialog(QDialog):
     def values(self) -> tuple[str, dict]:
         """(data spec, options for MainWindow.calibrate). Raises ValueError for unreadable fields."""
         options = {"batch_size": self.batch.value(), "scheme": self.scheme.currentText()}
+        if self.exact.isChecked():
+            options["exact_histograms"] = True
         if self.samples.value():
             options["samples"] = self.samples.value()
         size = self.image_size.text().strip().lower().replace("x", ",")

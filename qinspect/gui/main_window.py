@@ -308,9 +308,10 @@ class MainWindow(FileActionsMixin, QMainWindow):
     def calibrate(self, data, **options) -> bool:
         """Start calibrating in a worker; `calibrationFinished` tells how it ended.
 
-        Options: batch_size, samples, scheme, percentile, image_size, mean, std, layout, channels.
+        Options: batch_size, samples, scheme, percentile, image_size, mean, std, layout, channels,
+        exact_histograms (bin every value instead of a subsample of each batch).
         """
-        from ..core.calibrate import calibrate
+        from ..core.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
         from ..core.data import open_data
 
         if self.project.index is None:
@@ -322,11 +323,12 @@ class MainWindow(FileActionsMixin, QMainWindow):
         batch_size = int(options.pop("batch_size", 8))
         scheme = options.pop("scheme", None)
         percentile = options.pop("percentile", None)
+        sample = None if options.pop("exact_histograms", False) else DEFAULT_HISTOGRAM_SAMPLE
         data_options = dict(options)
 
         def job(progress):
             source = open_data(str(data), index.inputs, **data_options)
-            return calibrate(index, source, batch_size=batch_size, progress=progress)
+            return calibrate(index, source, batch_size=batch_size, progress=progress, histogram_sample=sample)
 
         def done(result):
             self._calibration = None  # before any signal, so a handler may start the next run

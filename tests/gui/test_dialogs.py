@@ -20,6 +20,8 @@ def test_calibration_dialog_values(qtbot):
         "batch_size": 4, "scheme": "percentile", "samples": 50, "image_size": (32, 48),
         "mean": (0.5, 0.5, 0.5), "std": (0.25,), "layout": "NCHW", "channels": "bgr",
     }
+    dialog.exact.setChecked(True)
+    assert dialog.values()[1]["exact_histograms"] is True
 
 
 def test_calibration_dialog_rejects_bad_numbers(qtbot):
