@@ -5,6 +5,9 @@ One session exposes the activations as extra outputs; each batch's outputs are r
 tensor at once would need too much memory for one batch, the tensors are split into groups and the
 data is run once per group.
 
+With subsampled histograms, a tensor that is a scalar op of another (x + c, x * c, ...) gets its
+statistics from that tensor's without being read (`derive`), bit-identical to reading it.
+
 Tensors inside If/Loop/Scan subgraphs are carried out to main-graph outputs by `lift` (a Loop or
 Scan stacks them over its iterations). What cannot be calibrated is listed per tensor in
 `CalibrationResult.skipped` with the reason: a branch that never ran on the data, a loop tensor

@@ -5,7 +5,8 @@ grows by a whole factor and old bins map onto new ones exactly (old edges stay o
 growing never smears counts. Two statistics with unrelated ranges merge by spreading each old bin's
 count proportionally over the new bins it overlaps.
 
-Cost: count, min, max and the NaN/Inf counts are always exact (two vectorised passes). Binning costs
+Cost: count, min, max and the NaN/Inf counts are always exact (read once from memory, in blocks
+that stay in cache for the second look). Binning costs
 several times more per value than the inference that produced it, so `TensorStats(sample=m)` bins
 at most about m values of each update (a fixed-stride subsample, weighted so that the counts still
 sum to the number of values seen), plus the exact min and max. `sample=None` (the default of

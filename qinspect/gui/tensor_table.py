@@ -37,7 +37,16 @@ COLUMNS = ("Name", "Op", "Kind", "Shape", "Min", "Max", "Enc min", "Enc max", "B
            "Clipped", "SQNR")
 NAME, OP, KIND, SHAPE, MIN, MAX, ENC_MIN, ENC_MAX, BW, DTYPE, SCHEME, CLIPPED, SQNR = range(len(COLUMNS))
 NUMERIC = frozenset({MIN, MAX, ENC_MIN, ENC_MAX, BW, CLIPPED, SQNR})
-SORT_ROLE = Qt.UserRole  # raw numbers (None when unknown) so numeric columns sort as numbers
+SORT_ROLE = Qt.ItemDataRole.UserRole  # raw numbers (None when unknown) so numeric columns sort as numbers
+# Roles looked up once: PySide6 resolves an old-style name such as Qt.DisplayRole in ~7 us, and
+# data() runs for every visible cell and role on each repaint (a few hundred calls).
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole
+_FONT = Qt.ItemDataRole.FontRole
+_ALIGNMENT = Qt.ItemDataRole.TextAlignmentRole
+_BACKGROUND = Qt.ItemDataRole.BackgroundRole
+_FOREGROUND = Qt.ItemDataRole.ForegroundRole
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 CLIPPED_WARN = 0.01  # flag tensors losing more than 1% of their calibration values to clipping
 FLOAT16_MAX = 65504.0
 
@@ -141,33 +150,33 @@ class TensorTableModel(QAbstractTableModel):
     def columnCount(self, parent=QModelIndex()) -> int:
         return 0 if parent.isValid() else len(COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation == Qt.Horizontal and role == Qt.DisplayRole:
+    def headerData(self, section, orientation, role=_DISPLAY):
+        if orientation == Qt.Horizontal and role == _DISPLAY:
             return COLUMNS[section]
-        if orientation == Qt.Horizontal and role == Qt.ToolTipRole and section == CLIPPED:
+        if orientation == Qt.Horizontal and role == _TOOLTIP and section == CLIPPED:
             return "Share of calibration values outside the encoding range"
         return None
 
-    def data(self, index, role=Qt.DisplayRole):
+    def data(self, index, role=_DISPLAY):
         if not index.isValid():
             return None
         row, col = index.row(), index.column()
         name = self._names[row]
-        if col == SQNR and role == Qt.DisplayRole:
-            db = self._sqnr.get(name)
-            return "" if db is None else f"{db:.1f}"
-        if role == Qt.DisplayRole:
+        if role == _DISPLAY:
+            if col == SQNR:
+                db = self._sqnr.get(name)
+                return "" if db is None else f"{db:.1f}"
             return name if col == NAME else self._row(row).texts[col]
         if role == SORT_ROLE:
             return self.sort_key(row, col)
-        if role == Qt.ToolTipRole:
+        if role == _TOOLTIP:
             return self._tooltip(row)
-        if role == Qt.FontRole:
+        if role == _FONT:
             return _BOLD if name in self._project.plan.edits else None
-        if role == Qt.TextAlignmentRole:
-            return int(Qt.AlignRight | Qt.AlignVCenter) if col in NUMERIC else None
-        if role in (Qt.BackgroundRole, Qt.ForegroundRole):
-            return self._flag(row, col, role == Qt.BackgroundRole)
+        if role == _ALIGNMENT:
+            return _RIGHT if col in NUMERIC else None
+        if role == _BACKGROUND or role == _FOREGROUND:
+            return self._flag(row, col, role == _BACKGROUND)
         return None
 
     def sort(self, column: int, order=Qt.AscendingOrder) -> None:
