@@ -271,7 +271,6 @@ def _import_method(method: str) -> None:
     (qinspect's calibrate and plan modules take ~40 ms, onnxruntime.quantization ~65 ms)."""
     if method in ("qinspect", "exposed_minmax"):
         import qinspect.core.calibrate  # noqa: F401
-        import qinspect.core.derive  # noqa: F401
         import qinspect.core.diagnostics  # noqa: F401
         import qinspect.core.lift  # noqa: F401
         import qinspect.core.plan  # noqa: F401

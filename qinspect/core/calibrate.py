@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from .derive import scalar_affine
 from .errors import DataError, ModelError
 from .progress import NullProgress, Progress, check_cancel
 from .stats import DEFAULT_BINS, TensorStats, update_all
@@ -187,8 +188,6 @@ def _failing(index, names: list[str], feeds, providers, workdir) -> dict[str, st
 
 def _derivable(index, names: list[str], main_graph: set[str]) -> dict:
     """Main-graph tensors of `names` whose statistics follow from another's (see `derive`)."""
-    from .derive import scalar_affine
-
     return {y: d for y, d in scalar_affine(index, names).items() if y in main_graph and d.source in main_graph}
 
 

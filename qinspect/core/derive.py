@@ -76,4 +76,3 @@ def scalar_affine(index, names: list[str]) -> dict[str, Derived]:
                 rules[name] = Derived(x, *rule)
                 break
     return rules
-

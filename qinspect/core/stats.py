@@ -120,7 +120,10 @@ class TensorStats:
             self.neginf_count += int(np.count_nonzero(x == -np.inf))
             x = x[finite]
             if x.size:
-                self._add(float(x.min()), float(x.max()), x.size, x)
+                part = x
+                if self.sample is not None and x.size > self.sample:
+                    part = np.ascontiguousarray(x[::_stride(x.size, self.sample, x.shape)])
+                self._add(float(x.min()), float(x.max()), x.size, part)
             return None
         if part is None:
             part = x
@@ -142,8 +145,8 @@ class TensorStats:
         return Seen(seen.count, lo, hi, part)
 
     def _add(self, bmin: float, bmax: float, n: int, part: np.ndarray) -> None:
-        """Add a batch of `n` finite values in [bmin, bmax], of which `part` (all, or a subsample
-        that includes neither extreme on purpose) is binned."""
+        """Add a batch of `n` finite values in [bmin, bmax], of which `part` is binned: every value,
+        or a subsample whose counts are scaled up and the two exact extremes added on their own."""
         self._cover(bmin, bmax)
         self.min = min(self.min, bmin)
         self.max = max(self.max, bmax)

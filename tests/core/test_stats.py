@@ -256,3 +256,15 @@ def test_derived_statistics_refuse_an_overflow():
     assert derived.count == 0 and derived.counts.sum() == 0
     # a batch with NaN/Inf gives nothing to derive from
     assert source.update(np.array([1.0, np.nan, 2.0], np.float32)) is None
+
+
+def test_a_batch_with_nan_is_still_subsampled_and_counted():
+    x = np.random.default_rng(9).standard_normal(50_000).astype(np.float32)
+    x[::1000] = np.nan
+    x[7] = np.inf
+    stats = TensorStats(128, 1024)
+    assert stats.update(x) is None
+    finite = x[np.isfinite(x)]
+    assert (stats.nan_count, stats.posinf_count, stats.count) == (50, 1, finite.size)
+    assert (stats.min, stats.max) == (finite.min(), finite.max())
+    assert stats.sampled and stats.counts.sum() == pytest.approx(finite.size)
