@@ -288,17 +288,17 @@ def calibrate(
                     for count, feeds in data.counted_batches(batch_size):
                         check_cancel(progress)
                         values = _run(session, feeds, outputs, source)
-                        for name in names:
+                        batch = dict(zip(names, values))
+                        if g == 0:  # graph inputs come from the feeds, in the first pass only
+                            batch.update((name, feeds[name]) for name in inputs_to_track)
+                        for name in batch:
                             if name not in partial:
                                 partial[name] = TensorStats(bins, histogram_sample)
-                        _update(partial, dict(zip(names, values)), derived, *_stats_pool())
+                        _update(partial, batch, derived, *_stats_pool())
                         for name, value in zip(names, values):
                             if name in declared and declared[name] is not None and not _warned(warnings, name):
                                 _check_shape(name, declared[name], np.shape(value), warnings)
-                        if g == 0:
-                            for name in inputs_to_track:
-                                partial.setdefault(name, TensorStats(bins, histogram_sample)).update(feeds[name])
-                        del values
+                        del values, batch
                         done += count
                         progress.update(min(done, total), total, f"pass {g + 1}/{len(groups)}")
                 except DataError as exc:
@@ -326,8 +326,9 @@ def calibrate(
             stats.pop(name, None)  # no values: an encoding from nothing would be wrong, so it stays float
             skipped[name] = ("never computed on the calibration data (its If branch was not taken or its loop ran "
                              "no iteration); it stays float")
-    for name in list(index.weights()) + list(index.biases()):
-        stats[name] = TensorStats.of(index.initializer(name), bins)
+    constants = {name: TensorStats(bins) for name in list(index.weights()) + list(index.biases())}
+    update_all([(s, index.initializer(name)) for name, s in constants.items()], *_stats_pool())  # exact, on all cores
+    stats.update(constants)
     from .diagnostics import range_warnings
 
     diagnostics = range_warnings(stats, index)
