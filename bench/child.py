@@ -53,8 +53,9 @@ def _exposed(index) -> list[str]:
     return [n for n in index.activations() if n not in feeds]
 
 
-def _plain_session(index, outputs: list[str]):
-    """A session like qinspect's own: the model with `outputs` added, default optimisations."""
+def _plain_session(index, outputs: list[str], spinning: bool = True):
+    """A session like qinspect's own: the model with `outputs` added, default optimisations.
+    `spinning=False` keeps onnxruntime's idle threads off the cores that numpy uses between runs."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -68,6 +69,8 @@ def _plain_session(index, outputs: list[str]):
             model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -92,7 +95,7 @@ def run_inference(index, data, batch: int, exposed: bool, minmax: bool = False) 
     from qinspect.core.stats import update_all
 
     outputs = _exposed(index) if exposed else list(index.outputs)
-    session = _plain_session(index, outputs)
+    session = _plain_session(index, outputs, spinning=not minmax)  # as qinspect's, with numpy threads
     ranges = [_MinMax() for _ in outputs]
     values = 0
     for _, feeds in data.counted_batches(batch):
