@@ -13,3 +13,23 @@ class Recorder:
 
     def cancelled(self):
         return self.cancel_after is not None and len(self.calls) > self.cancel_after
+
+
+def cnn_project(tmp_path, values: int, spread):
+    """A Project on tests.models.small_cnn (opened from a file), each activation given random
+    statistics of `values` standard-normal values times `spread(i, name)`."""
+    import numpy as np
+    import onnx
+
+    from qinspect.core.project import Project
+    from qinspect.core.stats import TensorStats
+    from tests.models import small_cnn
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save_model(small_cnn(), path)
+    project = Project()
+    project.open_model(str(path))
+    rng = np.random.default_rng(0)
+    project.set_stats({n: TensorStats.of(rng.standard_normal(values) * spread(i, n))
+                       for i, n in enumerate(project.index.activations())}, values)
+    return project

@@ -1,24 +1,15 @@
-import numpy as np
-import onnx
 import pytest
 
 from qinspect.core.commands import CommandStack, EditTensors
 from qinspect.core.errors import ModelError
 from qinspect.core.plan import derive_encodings
 from qinspect.core.project import Project
-from qinspect.core.stats import TensorStats
-from tests.models import small_cnn
+from tests.helpers import cnn_project
 
 
 @pytest.fixture
 def project(tmp_path):
-    path = tmp_path / "cnn.onnx"
-    onnx.save_model(small_cnn(), path)
-    p = Project()
-    p.open_model(str(path))
-    rng = np.random.default_rng(0)
-    p.set_stats({n: TensorStats.of(rng.standard_normal(300) * (i + 1)) for i, n in enumerate(p.index.activations())}, 300)
-    return p
+    return cnn_project(tmp_path, 300, lambda i, n: i + 1)
 
 
 def test_events_and_incremental_encodings_match_full_derivation(project):

@@ -1,5 +1,3 @@
-import numpy as np
-import onnx
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QLineEdit, QPushButton
@@ -8,9 +6,9 @@ from qinspect.core.calibrate import calibrate
 from qinspect.core.commands import CommandStack, EditTensors
 from qinspect.core.data import open_data
 from qinspect.core.project import Project
-from qinspect.core.stats import TensorStats
 from qinspect.gui.precision_editor import PrecisionEditor
 from qinspect.gui.tensor_table import BW, TensorTable
+from tests.helpers import cnn_project
 from tests.models import small_cnn
 
 CONV_WEIGHTS = ["conv1.weight", "conv2.weight"]
@@ -18,13 +16,7 @@ CONV_WEIGHTS = ["conv1.weight", "conv2.weight"]
 
 @pytest.fixture
 def project(tmp_path):
-    path = tmp_path / "cnn.onnx"
-    onnx.save_model(small_cnn(), path)
-    p = Project()
-    p.open_model(str(path))
-    rng = np.random.default_rng(0)
-    p.set_stats({n: TensorStats.of(rng.standard_normal(400) * (i + 1)) for i, n in enumerate(p.index.activations())}, 400)
-    return p
+    return cnn_project(tmp_path, 400, lambda i, n: i + 1)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from qinspect.gui.tensor_table import (
     TensorTable,
     TensorTableModel,
 )
+from tests.helpers import cnn_project
 from tests.models import finish, small_cnn
 
 # Observed ranges whose text order differs from their numeric order.
@@ -30,13 +31,7 @@ SPREADS = {"input": 10.0, "relu1_out": 2.0, "conv2_out": 25.0, "sig_out": 0.5, "
 
 @pytest.fixture
 def project(tmp_path):
-    path = tmp_path / "cnn.onnx"
-    onnx.save_model(small_cnn(), path)
-    p = Project()
-    p.open_model(str(path))
-    rng = np.random.default_rng(0)
-    p.set_stats({n: TensorStats.of(rng.standard_normal(500) * SPREADS[n]) for n in p.index.activations()}, 500)
-    return p
+    return cnn_project(tmp_path, 500, lambda i, n: SPREADS[n])
 
 
 @pytest.fixture
