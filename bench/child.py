@@ -82,7 +82,7 @@ class _MinMax:
         self.min, self.max = np.inf, -np.inf
 
     def update(self, x):
-        from qinspect.core.stats import _scan
+        from qinspect.core.quant.stats import _scan
 
         lo, hi, _ = _scan(np.asarray(x).reshape(-1))
         self.min, self.max = min(self.min, lo), max(self.max, hi)
@@ -91,8 +91,8 @@ class _MinMax:
 def run_inference(index, data, batch: int, exposed: bool, minmax: bool = False) -> dict:
     """(1) or (2); with `minmax`, (2) plus the exact min and max of every output: the least any
     calibrator that keeps exact ranges must add to (2)."""
-    from qinspect.core.calibrate import _stats_pool
-    from qinspect.core.stats import update_all
+    from qinspect.core.calib.calibrate import _stats_pool
+    from qinspect.core.quant.stats import update_all
 
     outputs = _exposed(index) if exposed else list(index.outputs)
     session = _plain_session(index, outputs, spinning=not minmax)  # as qinspect's, with numpy threads
@@ -109,7 +109,7 @@ def run_inference(index, data, batch: int, exposed: bool, minmax: bool = False) 
 
 def _calibrate_kwargs(histogram_sample):
     """Pass the histogram mode only to a calibrate() that has it (the bench also runs older cores)."""
-    from qinspect.core.calibrate import calibrate
+    from qinspect.core.calib.calibrate import calibrate
 
     if histogram_sample == "default":
         return {}
@@ -119,7 +119,7 @@ def _calibrate_kwargs(histogram_sample):
 
 
 def run_qinspect(index, data, batch: int, histogram_sample, timings: dict) -> dict:
-    from qinspect.core.calibrate import calibrate
+    from qinspect.core.calib.calibrate import calibrate
     from qinspect.core.plan import Defaults, PrecisionPlan, derive_encodings
 
     result = calibrate(index, data, batch_size=batch, **_calibrate_kwargs(histogram_sample))
@@ -197,7 +197,7 @@ def run_ort(index, data, batch: int, method: str, model_path: str, workdir: str,
 
 def _sqnr_db(stats, lo: float, hi: float) -> float:
     """SQNR of the 8-bit encoding of [lo, hi] on an exact histogram (values at bin centres)."""
-    from qinspect.core.encoding import compute_encoding
+    from qinspect.core.quant.encoding import compute_encoding
 
     edges = stats.edges
     centres = 0.5 * (edges[:-1] + edges[1:])
@@ -217,9 +217,9 @@ def run_accuracy(index, data, batch: int, modes: list, percentile: float) -> dic
     row "other data" is an exact calibration on different samples (seed 1): the variation that
     comes from the data alone, to compare the sampling error with.
     """
-    from qinspect.core.calibrate import calibrate
-    from qinspect.core.data import open_data
-    from qinspect.core.ranges import percentile_range, tf_enhanced_range, tf_range
+    from qinspect.core.calib.calibrate import calibrate
+    from qinspect.core.calib.data import open_data
+    from qinspect.core.quant.ranges import percentile_range, tf_enhanced_range, tf_range
 
     schemes = {"tf": tf_range, "tf_enhanced": lambda s: tf_enhanced_range(s, 8),
                "percentile": lambda s: percentile_range(s, percentile)}
@@ -256,7 +256,7 @@ def run_accuracy(index, data, batch: int, modes: list, percentile: float) -> dic
 
 def build(spec: dict) -> dict:
     import models
-    from qinspect.core.model import load_model
+    from qinspect.core.graph.model import load_model
 
     info = models.build(spec["kind"], spec["model"], **spec.get("options", {}))
     index = load_model(spec["model"])
@@ -273,9 +273,9 @@ def _import_method(method: str) -> None:
     """Import what a method uses before its clock starts: imports are excluded for every method
     (qinspect's calibrate and plan modules take ~40 ms, onnxruntime.quantization ~65 ms)."""
     if method in ("qinspect", "exposed_minmax"):
-        import qinspect.core.calibrate  # noqa: F401
-        import qinspect.core.diagnostics  # noqa: F401
-        import qinspect.core.lift  # noqa: F401
+        import qinspect.core.calib.calibrate  # noqa: F401
+        import qinspect.core.calib.diagnostics  # noqa: F401
+        import qinspect.core.graph.lift  # noqa: F401
         import qinspect.core.plan  # noqa: F401
     elif method in ORT_METHODS:
         import onnxruntime.quantization.calibrate  # noqa: F401
@@ -288,8 +288,8 @@ def main() -> None:
         print(json.dumps(build(spec)))
         return
     import onnxruntime  # noqa: F401  (imported before the baseline, like every method's libraries)
-    from qinspect.core.data import open_data
-    from qinspect.core.model import load_model
+    from qinspect.core.calib.data import open_data
+    from qinspect.core.graph.model import load_model
 
     _import_method(method)
 

@@ -64,7 +64,7 @@ def _data_and_provider_options(p) -> None:
 
 
 def _open_data(args, index):
-    from .core.data import open_data
+    from .core.calib.data import open_data
 
     return open_data(args.data, index.inputs, samples=args.samples, image_size=args.image_size, mean=args.mean,
                      std=args.std, layout=args.layout, channels=args.channels)
@@ -136,7 +136,7 @@ def _read_encodings(path, index) -> dict:
 
 def _check_providers(providers) -> None:
     if providers:
-        from .core.calibrate import available_providers
+        from .core.calib.calibrate import available_providers
 
         missing = [p for p in providers if p not in available_providers()]
         if missing:
@@ -144,7 +144,7 @@ def _check_providers(providers) -> None:
 
 
 def run_export(args) -> int:
-    from .core.model import load_model
+    from .core.graph.model import load_model
 
     if not args.qdq and not args.ort_overrides:
         raise _Usage("nothing to export: give --qdq OUT.onnx and/or --ort-overrides OUT.json")
@@ -196,8 +196,8 @@ def _summary(comparison, top: int) -> str:
 def run_compare(args) -> int:
     import json
 
-    from .core.analysis import compare
-    from .core.model import load_model
+    from .core.analysis.compare import compare
+    from .core.graph.model import load_model
     from .core.progress import NullProgress
 
     if args.sensitivity_samples < 1:
@@ -216,7 +216,7 @@ def run_compare(args) -> int:
         result = compare(index, encodings, data, progress=progress, batch_size=args.batch_size,
                          providers=args.provider or None)
         if args.sensitivity:
-            from .core.sensitivity import sensitivity
+            from .core.analysis.sensitivity import sensitivity
 
             started = time.perf_counter()
             ranking = sensitivity(index, encodings, data, samples=args.sensitivity_samples,
@@ -273,9 +273,9 @@ def _sensitivity_summary(ranking, info) -> str:
 
 
 def run_calibrate(args) -> int:
-    from .core.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
+    from .core.calib.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
     from .core.io.overrides import apply_overrides, read_overrides, write_overrides
-    from .core.model import load_model
+    from .core.graph.model import load_model
     from .core.plan import Defaults, PrecisionPlan, derive_encodings
     from .core.progress import NullProgress
 
@@ -302,7 +302,7 @@ def run_calibrate(args) -> int:
         apply_overrides(plan, encodings)
     providers = args.provider or None
     if providers:
-        from .core.calibrate import available_providers
+        from .core.calib.calibrate import available_providers
 
         missing = [p for p in providers if p not in available_providers()]
         if missing:

@@ -22,7 +22,7 @@ def cnn_project(tmp_path, values: int, spread):
     import onnx
 
     from qinspect.core.project import Project
-    from qinspect.core.stats import TensorStats
+    from qinspect.core.quant.stats import TensorStats
     from tests.models import small_cnn
 
     path = tmp_path / "cnn.onnx"

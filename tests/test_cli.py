@@ -10,7 +10,7 @@ import pytest
 from onnx import helper
 
 from qinspect.cli import main
-from qinspect.core.encoding import compute_encoding
+from qinspect.core.quant.encoding import compute_encoding
 from tests.models import small_cnn
 
 ACTIVATIONS = ["input", "relu1_out", "conv2_out", "sig_out", "logits"]

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from qinspect.cli import main
-from tests.core.test_sensitivity import outlier_mlp
+from tests.core.analysis.test_sensitivity import outlier_mlp
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 MODEL = str(RESOURCES / "digits_cnn.onnx")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .encoding import (
+from .quant.encoding import (
     FLOAT_BITWIDTHS,
     INT_BITWIDTHS,
     Encoding,
@@ -17,8 +17,8 @@ from .encoding import (
     compute_encoding,
     float_encoding,
 )
-from .ranges import SCHEMES, choose_range
-from .stats import TensorStats, channel_stats
+from .quant.ranges import SCHEMES, choose_range
+from .quant.stats import TensorStats, channel_stats
 
 DTYPES = ("int", "float")
 # AIMET's floor for a bias scale when no input or weight scale exists (spec 3.6).

@@ -12,11 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-from .encoding import Encoding
+from .quant.encoding import Encoding
 from .io.session import Session, load_session, save_session
-from .model import ModelIndex, load_model
+from .graph.model import ModelIndex, load_model
 from .plan import PrecisionPlan, TensorEdit, check_edit, derive_encodings
-from .stats import TensorStats
+from .quant.stats import TensorStats
 
 Listener = Callable[[str, "list[str] | None"], None]
 

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.ranges import SCHEMES
+from ..core.quant.ranges import SCHEMES
 
 DATA_FILTER = "Calibration data (*.npy *.npz *.txt);;All files (*)"
 

@@ -6,7 +6,7 @@ Bursts of edits are coalesced by a short single-shot timer; an edit that arrives
 under way cancels it and starts a new one when it has stopped (never two runs on one Comparer).
 A cancelled or failed run changes nothing: the names it was to re-measure are kept for the next.
 
-Signals: ``updated(object)`` carries the new `analysis.Comparison` (on the main thread);
+Signals: ``updated(object)`` carries the new `analysis.compare.Comparison` (on the main thread);
 ``statusChanged(str)`` the text of the status label.
 """
 from __future__ import annotations
@@ -211,8 +211,8 @@ class LiveError(QObject):
             self._set_status("output SQNR: measuring…", "Running float and quantized on a few calibration samples")
 
         def job(progress):
-            from ..core.analysis import Comparer
-            from ..core.data import open_data
+            from ..core.analysis.compare import Comparer
+            from ..core.calib.data import open_data
 
             c = comparer
             if c is None:

@@ -15,9 +15,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from ..core.commands import EditTensors
-from ..core.encoding import Encoding, compute_encoding
-from ..core.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
-from ..core.stats import DEFAULT_BINS, TensorStats
+from ..core.quant.encoding import Encoding, compute_encoding
+from ..core.quant.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
+from ..core.quant.stats import DEFAULT_BINS, TensorStats
 from .messages import notify
 from .events import listen
 

@@ -311,8 +311,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
         Options: batch_size, samples, scheme, percentile, image_size, mean, std, layout, channels,
         exact_histograms (bin every value instead of a subsample of each batch).
         """
-        from ..core.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
-        from ..core.data import open_data
+        from ..core.calib.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
+        from ..core.calib.data import open_data
 
         if self.project.index is None:
             messages.notify(self, "warning", "No model", "Open a model before calibrating.")

@@ -139,8 +139,8 @@ class ParetoPanel(QWidget):
         spec, options = project.data_spec, dict(project.data_options)
 
         def job(progress):
-            from ..core.data import open_data
-            from ..core.search import pareto_search
+            from ..core.calib.data import open_data
+            from ..core.analysis.search import pareto_search
 
             data = open_data(spec, index.inputs, **options)
             try:
@@ -189,7 +189,7 @@ class ParetoPanel(QWidget):
 
     def current_cost(self) -> float | None:
         """The current plan's cost on the points' scale, or None without points."""
-        from ..core.cost import plan_cost
+        from ..core.analysis.cost import plan_cost
 
         if not self.points or self._index is not self.project.index:
             return None

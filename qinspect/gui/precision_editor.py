@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from qinspect.core.commands import EditTensors
-from qinspect.core.encoding import FLOAT_BITWIDTHS, INT_BITWIDTHS
-from qinspect.core.ranges import SCHEMES
+from qinspect.core.quant.encoding import FLOAT_BITWIDTHS, INT_BITWIDTHS
+from qinspect.core.quant.ranges import SCHEMES
 
 from . import messages
 

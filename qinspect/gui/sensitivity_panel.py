@@ -174,8 +174,8 @@ class SensitivityPanel(QWidget):
         spec, options = project.data_spec, dict(project.data_options)
 
         def job(progress):
-            from ..core.data import open_data
-            from ..core.sensitivity import sensitivity
+            from ..core.calib.data import open_data
+            from ..core.analysis.sensitivity import sensitivity
 
             data = open_data(spec, index.inputs, **options)
             try:
@@ -230,7 +230,7 @@ class SensitivityPanel(QWidget):
 
     def promote_top(self, k: int | None = None, precision: str | None = None) -> bool:
         """Set the k most sensitive groups to `precision` as ONE undoable SetEdits."""
-        from ..core.sensitivity import promote_changes
+        from ..core.analysis.sensitivity import promote_changes
         from . import messages
 
         if not self.entries or self._index is not self.project.index:

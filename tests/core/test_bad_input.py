@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qinspect.core.calibrate import calibrate
-from qinspect.core.data import open_data
-from qinspect.core.encoding import compute_encoding
+from qinspect.core.calib.calibrate import calibrate
+from qinspect.core.calib.data import open_data
+from qinspect.core.quant.encoding import compute_encoding
 from qinspect.core.errors import ModelError, OverridesError, QInspectError
 from qinspect.core.io import files
 from qinspect.core.io.overrides import parse_overrides, read_overrides, write_overrides
 from qinspect.core.io.qdq import export_qdq
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import PrecisionPlan, derive_encodings
 from tests.models import finish, small_cnn
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from qinspect.core.encoding import compute_encoding
-from qinspect.core.model import load_model
+from qinspect.core.quant.encoding import compute_encoding
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import Defaults, PrecisionPlan, TensorEdit, derive_encodings
-from qinspect.core.stats import TensorStats
+from qinspect.core.quant.stats import TensorStats
 from tests.models import small_cnn
 
 

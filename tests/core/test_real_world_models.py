@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qinspect.core.calibrate import calibrate
-from qinspect.core.data import open_data
+from qinspect.core.calib.calibrate import calibrate
+from qinspect.core.calib.data import open_data
 from qinspect.core.io.qdq import export_qdq
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import PrecisionPlan, derive_encodings
-from qinspect.core.simulate import Simulator
+from qinspect.core.analysis.simulate import Simulator
 
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 vi = helper.make_tensor_value_info
@@ -85,7 +85,7 @@ def compare(model, path, feeds_list, min_db=25.0):
 
 def op_count(path, op):
     model = onnx.load(str(path))
-    from qinspect.core.io.qdq import all_graphs
+    from qinspect.core.graph.edit import all_graphs
 
     return sum(n.op_type == op for g in all_graphs(model.graph) for n in g.node)
 
@@ -608,7 +608,7 @@ def big_model():
 def test_large_external_data_model_is_never_loaded_twice(tmp_path, monkeypatch):
     import tracemalloc
 
-    import qinspect.core.model as model_module
+    import qinspect.core.graph.model as model_module
 
     src = tmp_path / "src"
     src.mkdir()

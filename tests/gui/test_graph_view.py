@@ -6,7 +6,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PySide6.QtCore import Qt
 
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.project import Project
 from qinspect.gui.graph_layout import BAND, layered_layout, place, strips_for
 from qinspect.gui.graph_view import GraphView

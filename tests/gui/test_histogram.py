@@ -10,10 +10,10 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication, QCheckBox, QLabel, QSpinBox
 
 from qinspect.core.commands import CommandStack, EditTensors
-from qinspect.core.encoding import compute_encoding
-from qinspect.core.model import load_model
+from qinspect.core.quant.encoding import compute_encoding
+from qinspect.core.graph.model import load_model
 from qinspect.core.project import Project
-from qinspect.core.stats import TensorStats
+from qinspect.core.quant.stats import TensorStats
 from qinspect.gui.histogram import HistogramPanel
 from tests.models import small_cnn
 

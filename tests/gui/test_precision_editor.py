@@ -2,9 +2,9 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QLineEdit, QPushButton
 
-from qinspect.core.calibrate import calibrate
+from qinspect.core.calib.calibrate import calibrate
 from qinspect.core.commands import CommandStack, EditTensors
-from qinspect.core.data import open_data
+from qinspect.core.calib.data import open_data
 from qinspect.core.project import Project
 from qinspect.gui.precision_editor import PrecisionEditor
 from qinspect.gui.tensor_table import BW, TensorTable

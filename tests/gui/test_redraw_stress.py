@@ -21,9 +21,9 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QApplication
 
 from qinspect.core.commands import CommandStack, EditTensors
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.project import Project
-from qinspect.core.stats import TensorStats
+from qinspect.core.quant.stats import TensorStats
 from qinspect.gui.histogram import HistogramPanel
 from tests.models import small_cnn
 

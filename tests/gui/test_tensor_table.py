@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QApplication
 
 from qinspect.core.commands import CommandStack, EditTensors
 from qinspect.core.project import Project
-from qinspect.core.stats import TensorStats
+from qinspect.core.quant.stats import TensorStats
 from qinspect.gui.tensor_table import (
     BW,
     CLIPPED,

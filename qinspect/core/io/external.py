@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import QInspectError
-from .graph_edit import all_graphs
+from ..graph.edit import all_graphs
 
 ALIGN = 4096  # data offsets on page boundaries, so onnxruntime can map tensors instead of copying
 _CHUNK = 16 << 20
@@ -39,7 +39,7 @@ def _write_data(model: onnx.ModelProto, data_path: Path, location: str, source_d
     """Move the tensor data of `model` into one file at `data_path`, recorded under `location`:
     tensors of `threshold` bytes or more held in the proto, and tensors still stored in the input
     model's external files under `source_dir` (copied in chunks). True if the file got any data."""
-    from ..model import FIXED_SIZE_TYPES, _all_tensors, _external_info
+    from ..graph.model import FIXED_SIZE_TYPES, _all_tensors, _external_info
 
     wrote = False
     with open(data_path, "wb") as out:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoding import Encoding
+from ..quant.encoding import Encoding
 from ..errors import OverridesError
 from .files import atomic_write, read_json
-from .qdq import QParams, complete_encodings, onnx_qparams, opset_of
+from ..graph.edit import opset_of
+from ..quant.qparams import QParams, complete_encodings, onnx_qparams
 
 FORMAT = "onnxruntime-tensor-quant-overrides"
 QUANT_TYPES = {  # (bits, signed) -> onnxruntime QuantType name

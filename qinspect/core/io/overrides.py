@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
+from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
 from ..errors import OverridesError
 from .files import atomic_write, read_json
 

@@ -22,8 +22,8 @@ with onnx.version_converter first. Constants are quantized here with the ONNX ru
 ``rint(x / scale) + zp`` in float32 (float64 for int32 biases, whose codes need more than float32's
 24-bit mantissa); `quantize_constant` and `dequantize_constant` are shared with the simulation.
 
-Module layout: ONNX quantization parameters and the rule on constants are in `qdq_params.py`, graph
-surgery in `graph_edit.py`, external data layout in `external.py`; their names stay importable here.
+Module layout: ONNX quantization parameters and the rule on constants are in `quant/qparams.py`,
+graph surgery in `graph/edit.py`, external data layout in `external.py`.
 """
 from __future__ import annotations
 
@@ -37,17 +37,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..encoding import Encoding
+from ..quant.encoding import Encoding
 from ..errors import QInspectError
 from ..progress import NullProgress, Progress, check_cancel
 from .external import _external_input_files, _write_data
 from .files import atomic_write, check_target, write_error
-from .graph_edit import Block, NameMaker, all_graphs, constants_to_initializers, convert_opset, elem_type, insert_blocks
-from .graph_edit import opset_of
-from .qdq_params import _along, _int_tensor, _param_tensors, complete_encodings, onnx_qparams, quantize_constant
-# Not used here, but other modules and tests import them from this module.
-from .external import ALIGN  # noqa: F401
-from .qdq_params import STORAGE, QParams, dequantize_constant, fake_quantize  # noqa: F401
+from ..graph.edit import Block, NameMaker, all_graphs, constants_to_initializers, convert_opset, elem_type, insert_blocks
+from ..graph.edit import opset_of
+from ..quant.qparams import _along, _int_tensor, _param_tensors, complete_encodings, onnx_qparams, quantize_constant
 
 OPSET_8BIT = 13
 OPSET_WIDE = 21  # int16/uint16/int4/uint4 QuantizeLinear and DequantizeLinear

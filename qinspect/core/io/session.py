@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import QInspectError
 from ..plan import PrecisionPlan
-from ..stats import TensorStats
+from ..quant.stats import TensorStats
 from .files import atomic_write, read_json
 
 SCHEMA_VERSION = 1

@@ -9,17 +9,17 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from qinspect.core.calibrate import calibrate
-from qinspect.core.data import open_data
+from qinspect.core.calib.calibrate import calibrate
+from qinspect.core.calib.data import open_data
 from qinspect.core.io.ort_overrides import (
     ort_quantize_kwargs,
     ort_tensor_quant_overrides,
     read_ort_overrides,
     write_ort_overrides,
 )
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import Defaults, PrecisionPlan, derive_encodings
-from qinspect.core.simulate import Simulator
+from qinspect.core.analysis.simulate import Simulator
 from tests.models import small_cnn
 
 

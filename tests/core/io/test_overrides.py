@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from qinspect.core.encoding import compute_encoding, float_encoding
+from qinspect.core.quant.encoding import compute_encoding, float_encoding
 from qinspect.core.errors import OverridesError
 from qinspect.core.io.overrides import (
     VERSIONS,
@@ -13,9 +13,9 @@ from qinspect.core.io.overrides import (
     read_overrides,
     write_overrides,
 )
-from qinspect.core.model import load_model
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import PrecisionPlan, derive_encodings
-from qinspect.core.stats import TensorStats
+from qinspect.core.quant.stats import TensorStats
 from tests.models import small_cnn
 
 

@@ -8,19 +8,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qinspect.core.calibrate import calibrate
-from qinspect.core.data import open_data
-from qinspect.core.encoding import Encoding, compute_encoding
+from qinspect.core.calib.calibrate import calibrate
+from qinspect.core.calib.data import open_data
+from qinspect.core.quant.encoding import Encoding, compute_encoding
 from qinspect.core.errors import QInspectError
-from qinspect.core.io.qdq import (
-    build_qdq_model,
-    export_qdq,
-    onnx_qparams,
-    quantize_constant,
-)
-from qinspect.core.model import load_model
+from qinspect.core.io.qdq import build_qdq_model, export_qdq
+from qinspect.core.quant.qparams import onnx_qparams, quantize_constant
+from qinspect.core.graph.model import load_model
 from qinspect.core.plan import Defaults, PrecisionPlan, derive_encodings
-from qinspect.core.simulate import Simulator
+from qinspect.core.analysis.simulate import Simulator
 from tests.models import finish, small_cnn
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources"
