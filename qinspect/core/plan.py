@@ -1,7 +1,9 @@
-"""The precision plan: defaults plus the user's per-tensor edits, and the encodings they imply.
+"""The precision plan: defaults plus the user's per-tensor edits, the target, and the encodings they imply.
 
 The plan is the only state a user edits. Encodings are always derived from statistics and plan
-(`derive_encodings`), so an edit never needs a new calibration.
+(`derive_encodings`), so an edit never needs a new calibration. The target's rules sit between
+the two: `resolve` gives the settings the target really runs (a rule's change carries a
+`RuleEffect` that says why), and `refusals` says which settings the target cannot run at all.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from .quant.encoding import (
     FLOAT_BITWIDTHS,
     INT_BITWIDTHS,
     Encoding,
-    bias_encoding,
     compute_encoding,
+    derived_bias,
     float_encoding,
 )
 from .quant.ranges import SCHEMES, choose_range
 from .quant.stats import TensorStats, channel_stats
+from .targets.profiles import DEFAULT_TARGET, get_target
+from .targets.rules import RuleEffect, apply_rules, dependents, refusal
 
 DTYPES = ("int", "float")
 # AIMET's floor for a bias scale when no input or weight scale exists (spec 3.6).
@@ -101,11 +105,13 @@ def check_edit(name: str, edit: TensorEdit) -> list[str]:
 
 
 class PrecisionPlan:
-    """Defaults plus per-tensor edits. Edits are plain values, so undo is "put the old edit back"."""
+    """Defaults plus per-tensor edits, for one target (a name in `targets.TARGETS`). Edits are plain
+    values, so undo is "put the old edit back"."""
 
-    def __init__(self, defaults: Defaults | None = None):
+    def __init__(self, defaults: Defaults | None = None, target: str = DEFAULT_TARGET):
         self.defaults = defaults or Defaults()
         self.edits: dict[str, TensorEdit] = {}
+        self.target = get_target(target).name
 
     def edit(self, name: str) -> TensorEdit:
         """A copy of the tensor's current edit (empty if it has none)."""
@@ -172,11 +178,11 @@ class PrecisionPlan:
             if e.encoding is not None:
                 d["encoding"] = encoding_to_dict(e.encoding)
             edits[name] = d
-        return {"defaults": asdict(self.defaults), "edits": edits}
+        return {"defaults": asdict(self.defaults), "edits": edits, "target": self.target}
 
     @classmethod
     def from_dict(cls, d: dict) -> PrecisionPlan:
-        plan = cls(Defaults(**d.get("defaults", {})))
+        plan = cls(Defaults(**d.get("defaults", {})), d.get("target", DEFAULT_TARGET))
         for name, e in d.get("edits", {}).items():
             e = dict(e)
             if "encoding" in e:
@@ -261,16 +267,73 @@ def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults
 
 
 def _bias_encoding(s, values, in_enc, w_enc, defaults) -> Encoding:
+    if s.dtype == "float":
+        return float_encoding(s.bw)
     if w_enc is not None and w_enc.is_float:
-        return float_encoding(w_enc.bw)  # QNN: a float weight makes the whole op float
+        return float_encoding(w_enc.bw)  # a float weight leaves no weight scale to derive from
     if s.bw != 32 or s.range is not None:
         return _weight_encoding(replace(s, per_channel=False), values, None, defaults)
-    if in_enc is not None and w_enc is not None and not in_enc.is_float and len(in_enc.scale) == 1:
-        return bias_encoding(in_enc.scale[0], w_enc.scales, axis=0)
+    derived = derived_bias(in_enc, w_enc)
+    if derived is not None:
+        return derived
     # No input or weight scale to multiply: AIMET's fallback from the bias values themselves.
     finite = np.abs(values[np.isfinite(values)])
     scale = max(float(finite.max(initial=0.0)) / 2**31, MIN_BIAS_SCALE)
     return Encoding(bw=32, scale=(scale,), offset=(-(2**31),), symmetric=True)
+
+
+def _kept(index, plan: PrecisionPlan, name: str) -> Encoding | None:
+    """What an already quantized model keeps for an untouched tensor: its own encoding, else float."""
+    if name in plan.edits:
+        return None
+    existing = getattr(index.targets[name], "existing", None)
+    if existing is not None:
+        return existing
+    return float_encoding(32) if getattr(index, "quantized_model", False) else None
+
+
+def _fixed_by_user(index, plan: PrecisionPlan, name: str) -> bool:
+    """True when the user (a range, an exact encoding) or the model itself fixes the encoding."""
+    edit = plan.edits.get(name)
+    if edit is not None and (edit.range is not None or edit.encoding is not None):
+        return True
+    return _kept(index, plan, name) is not None
+
+
+def resolve(index, plan: PrecisionPlan, name: str) -> tuple[Settings, RuleEffect | None]:
+    """The settings the target runs for `name`, and the effect of the target's rule that changed
+    them (None if none did). An already quantized model's own encodings are kept as they are."""
+    kind = index.targets[name].kind
+    s = plan.settings(kind, name)
+    kept = _kept(index, plan, name)
+    if kept is not None:
+        return replace(s, encoding=kept), None
+    if getattr(index, "quantized_model", False):
+        return s, None  # rules would re-place quantizers the model already has
+    return apply_rules(get_target(plan.target), index, name, s,
+                       lambda other: plan.settings(index.targets[other].kind, other))
+
+
+def rule_effects(index, plan: PrecisionPlan) -> dict[str, RuleEffect]:
+    """Every tensor a target rule changes, with what it did and why."""
+    out = {}
+    for name in index.targets:
+        effect = resolve(index, plan, name)[1]
+        if effect is not None:
+            out[name] = effect
+    return out
+
+
+def refusals(index, plan: PrecisionPlan, names=None) -> list[str]:
+    """What the plan's target cannot run among `names` (every tensor when None), one line each."""
+    target = get_target(plan.target)
+    problems = []
+    for name in index.targets if names is None else names:
+        if name in index.targets and _kept(index, plan, name) is None:
+            why = refusal(target, index, name, plan.settings(index.targets[name].kind, name))
+            if why:
+                problems.append(why)
+    return problems
 
 
 def derive_encodings(
@@ -280,17 +343,18 @@ def derive_encodings(
     names=None,
     known: dict[str, Encoding] | None = None,
 ) -> dict[str, Encoding]:
-    """Encodings of every quantizer position that has what it needs (stats for activations).
+    """Encodings of every quantizer position that has what it needs (stats for activations), as the
+    plan's target runs them (`resolve`).
 
     `index` is a ModelIndex; `stats` maps activation names to their calibration statistics.
-    With `names` and `known` (the previous result), only those tensors and the biases that depend
-    on them are recomputed; everything else is taken from `known`.
+    With `names` and `known` (the previous result), only those tensors, the ones the target's rules
+    tie to them and the biases that depend on them are recomputed; the rest is taken from `known`.
     """
     if names is None or known is None:
         todo = set(index.targets)
         encodings: dict[str, Encoding] = {}
     else:
-        todo = set(names)
+        todo = dependents(get_target(plan.target), index, names)
         encodings = {n: e for n, e in known.items() if n not in todo}
     biases = []
     for name, target in index.targets.items():
@@ -302,14 +366,12 @@ def derive_encodings(
         if name not in todo:
             continue
         encodings.pop(name, None)
-        s = plan.settings(target.kind, name)
-        untouched = name not in plan.edits
+        s, _ = resolve(index, plan, name)
+        if target.kind == "activation" and name not in stats and not _fixed_by_user(index, plan, name) \
+                and s.dtype != "float":
+            continue  # not calibrated (yet, or never reached), and no range the user or the model gave
         if s.encoding is not None:
             encodings[name] = s.encoding
-        elif untouched and getattr(target, "existing", None) is not None:
-            encodings[name] = target.existing  # an already quantized model keeps its own encodings
-        elif untouched and getattr(index, "quantized_model", False):
-            encodings[name] = float_encoding(32)  # ... and leaves the rest float, as it was
         elif s.dtype == "float":
             encodings[name] = float_encoding(s.bw)
         elif target.kind == "activation":
@@ -319,15 +381,9 @@ def derive_encodings(
         else:
             encodings[name] = _weight_encoding(s, index.initializer(name), target.axis, plan.defaults)
     for name, target in biases:
-        s = plan.settings("bias", name)
+        s, _ = resolve(index, plan, name)
         if s.encoding is not None:
             encodings[name] = s.encoding
-            continue
-        if name not in plan.edits and getattr(target, "existing", None) is not None:
-            encodings[name] = target.existing
-            continue
-        if name not in plan.edits and getattr(index, "quantized_model", False):
-            encodings[name] = float_encoding(32)
             continue
         in_enc = w_enc = None
         if target.bias_inputs:

@@ -366,19 +366,18 @@ class Comparer:
 
     def update(self, encodings: dict[str, Encoding], changed=None, *,
                progress: Progress | None = None) -> Comparison:
-        """Compare with `encodings`. `changed` names the tensors whose encoding the caller changed;
-        None finds them by comparing with the previous encodings. `last_update` then tells what
-        was recomputed."""
+        """Compare with `encodings`. The tensors whose encoding changed since the last update are
+        found by comparing; `changed` adds tensors to treat as changed anyway. `last_update` then
+        tells what was recomputed."""
         started = time.perf_counter()
         progress = progress or NullProgress()
         encodings = complete_encodings(self.index, encodings)
         first = self.comparison is None  # nothing to reuse yet (or the first update was cancelled)
-        if changed is None or first:
-            keys = set(encodings) | set(self._encodings)
-            changed = {n for n in keys if encodings.get(n) != self._encodings.get(n)}
-        else:
-            changed = set(changed) | {n for n in self.index.biases()  # biases follow their inputs
-                                      if encodings.get(n) != self._encodings.get(n)}
+        # What really changed is found by comparing encodings: an edit also moves the biases that
+        # follow their inputs and whatever a target rule ties to the edited tensor. `changed` can
+        # only add to that (a tensor the caller wants re-measured).
+        keys = set(encodings) | set(self._encodings)
+        changed = {n for n in keys if encodings.get(n) != self._encodings.get(n)} | set(changed or ())
         if self._sim is None:
             self._sim = Simulator(self.index, encodings, names=self.wanted, providers=self.providers)
             rebuilt = True

@@ -7,8 +7,10 @@ tensor with its dtype, shape, producer and consumers, the feed inputs, and the q
 - only float tensors (float32/16, bfloat16, double) are quantized; int/bool tensors never are;
 - activations: float graph inputs and float node outputs, except that data-movement ops (`MOVE_OPS`)
   reuse their data input's encoding (`aliases`), and the inner outputs of fused groups
-  (Conv/ConvTranspose/Gemm/MatMul/Add -> Relu/Clip, Conv -> BatchNormalization [-> Relu/Clip]) get no
-  quantizer at all;
+  (Conv/ConvTranspose/Gemm/MatMul/Add -> Relu/Clip) get no quantizer at all (`fused_output` maps
+  each such op to the tensor that carries its output's quantizer). The op sets come from a
+  `Placement` (a target's); BatchNormalization is folded before indexing by the target
+  (`ptq.prepare`), so one that is still here runs as an op of its own;
 - weights: constant input 1 of Conv/ConvTranspose/Gemm/MatMul, per output channel (`axis`); W and R
   of LSTM/GRU/RNN per gate row (axis 1); other constant float inputs are parameters (kind
   "weight", axis None);
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -55,7 +58,7 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from ..quant.encoding import Encoding
 from ..errors import ModelError
-from .placement import RNN_OPS, PlacementMixin
+from .placement import RNN_OPS, Placement, PlacementMixin
 from .prequantized import PrequantizedMixin
 from .walk import NOT_A_TENSOR, _all_tensors, _constant_tensor, _constant_value, _dims, _np_dtype, _subgraphs, _walk
 
@@ -109,8 +112,17 @@ class QuantTarget:
     existing: Encoding | None = None  # the encoding the model already gives it (a quantized model)
 
 
-def load_model(path_or_proto: str | os.PathLike | onnx.ModelProto) -> ModelIndex:
+# A model transform run between loading and indexing: (model, folder of data left on disk) ->
+# (new model, notes for the user). Targets use it to fold BatchNormalization as the device does.
+Transform = Callable[[onnx.ModelProto, "str | None"], "tuple[onnx.ModelProto, list[str]]"]
+
+
+def load_model(path_or_proto: str | os.PathLike | onnx.ModelProto, *, placement: Placement | None = None,
+               transform: Transform | None = None) -> ModelIndex:
     """Load, check and index a model. Every failure a user can fix raises `ModelError`.
+
+    `placement` gives the op sets of the target (AIMET's HTP config by default); `transform`
+    rewrites the checked model before it is indexed (its notes go first in `index.notes`).
 
     A model whose external data reach `LAZY_EXTERNAL_BYTES` (any model over 2 GB) is indexed
     without reading that data: `index.model` keeps the references, `index.external_dir` says where
@@ -118,10 +130,16 @@ def load_model(path_or_proto: str | os.PathLike | onnx.ModelProto) -> ModelIndex
     read the files themselves. So the weights are never held twice in memory.
     """
     if isinstance(path_or_proto, onnx.ModelProto):
-        return ModelIndex(_prepare_proto(path_or_proto), None)
-    path = os.fspath(path_or_proto)
-    model, external_dir = _read_file(path)
-    return ModelIndex(model, path, external_dir=external_dir)
+        model, path, external_dir = _prepare_proto(path_or_proto), None, None
+    else:
+        path = os.fspath(path_or_proto)
+        model, external_dir = _read_file(path)
+    notes: list[str] = []
+    if transform is not None:
+        model, notes = transform(model, external_dir)
+    index = ModelIndex(model, path, external_dir=external_dir, placement=placement)
+    index.notes[:0] = notes
+    return index
 
 
 def _external_info(t: TensorProto) -> dict[str, str]:
@@ -240,9 +258,12 @@ class ModelIndex(PlacementMixin, PrequantizedMixin):
     inference, nodes renamed in place), which tests use.
     """
 
-    def __init__(self, model: onnx.ModelProto, path: str | None = None, *, external_dir: str | None = None):
+    def __init__(self, model: onnx.ModelProto, path: str | None = None, *, external_dir: str | None = None,
+                 placement: Placement | None = None):
         self.path = path
         self.model = model
+        self.placement = placement or Placement()
+        self.fused_output: dict[str, str] = {}  # fuse_first node -> the tensor carrying its output quantizer
         self.external_dir = external_dir  # where tensors still stored externally are (large models)
         self.tensors: dict[str, TensorInfo] = {}
         self.nodes: dict[str, onnx.NodeProto] = {}

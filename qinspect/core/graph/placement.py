@@ -1,8 +1,12 @@
 """Where quantizers go: fused groups, aliases of data-movement ops, weight axes and RNN rules.
 
 The rules are described in `model.py` (design §3); `PlacementMixin` is mixed into `ModelIndex`.
+The op sets that differ between targets (which ops fuse, which only move data) are a `Placement`,
+which a target profile carries.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import onnx
 
@@ -30,13 +34,39 @@ NON_DATA_INPUTS = {
 RNN_OPS = frozenset({"LSTM", "GRU", "RNN"})
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The op sets a target decides: `fuse_first` followed by one of `fuse_act` runs as one op with one
+    output quantizer; `move_ops` reuse their data input's encoding. The defaults are AIMET's HTP config.
+
+    BatchNormalization is not fused here: a target folds it into the op before it before the model
+    is indexed (`ptq.bn_fold`), and a BatchNormalization that could not fold runs as an op of its own."""
+
+    fuse_first: frozenset = FUSE_FIRST
+    fuse_act: frozenset = FUSE_ACT
+    move_ops: frozenset = MOVE_OPS
+
+
+@dataclass(frozen=True)
+class OpGroup:
+    """A weighted op's quantizers: what target rules that tie them together look at."""
+
+    node: str
+    op_type: str
+    input: str          # the data input (input 0); "" if none
+    output: str         # the tensor carrying the op's output quantizer (after a fused activation)
+    weight: str | None  # the weight quantizer, if it has one
+    bias: str | None
+
+
 class PlacementMixin:
     """Mixed into ModelIndex; uses its tensors, nodes, constants, existing encodings and `_add`."""
 
-    def _fused_inner(self) -> tuple[set[str], set[str]]:
-        """Outputs inside fused groups (no quantizer), and the BatchNorm nodes folded into a Conv."""
+    def _fused_inner(self) -> set[str]:
+        """Outputs inside fused groups (no quantizer); fills `fused_output` (node -> the tensor
+        whose quantizer is its output's) for every op of `fuse_first`."""
         inner: set[str] = set()
-        folded_bn: set[str] = set()
+        place = self.placement
 
         def next_op(name: str, node: onnx.NodeProto, ops: frozenset) -> onnx.NodeProto | None:
             info = self.tensors.get(name)
@@ -47,20 +77,40 @@ class PlacementMixin:
             return nxt if same_graph and nxt.op_type in ops and nxt.input[0] == name else None
 
         for node in self.nodes.values():
-            if node.op_type not in FUSE_FIRST or not node.output:
+            if node.op_type not in place.fuse_first or not node.output or not node.output[0]:
                 continue
             out = node.output[0]
-            if next_op(out, node, FUSE_ACT):
+            act = next_op(out, node, place.fuse_act)
+            if act is not None and act.output:
                 inner.add(out)
-            elif node.op_type == "Conv" and (bn := next_op(out, node, frozenset({"BatchNormalization"}))):
-                inner.add(out)
-                folded_bn.add(bn.name)
-                if bn.output and next_op(bn.output[0], bn, FUSE_ACT):
-                    inner.add(bn.output[0])
-        return inner, folded_bn
+                out = act.output[0]
+            self.fused_output[node.name] = out
+        return inner
+
+    def op_groups(self) -> dict[str, OpGroup]:
+        """Every op with a weight quantizer (Conv, ConvTranspose, Gemm, MatMul with a constant B,
+        RNNs), by node name, with its input, fused output, weight and bias quantizers."""
+        if self._op_groups is None:
+            groups = {}
+            for name, t in self.targets.items():
+                if t.kind == "activation":
+                    continue
+                g = groups.setdefault(t.node, {"weight": None, "bias": None})
+                if g[t.kind] is None:
+                    g[t.kind] = name
+            self._op_groups = {}
+            for node, g in groups.items():
+                n = self.nodes[node]
+                if g["weight"] is None or not n.output:
+                    continue
+                out = self.fused_output.get(node, n.output[0])
+                self._op_groups[node] = OpGroup(node, n.op_type, n.input[0] if n.input else "", out,
+                                                g["weight"], g["bias"])
+        return self._op_groups
 
     def _place_quantizers(self) -> None:
-        inner, folded_bn = self._fused_inner()
+        self._op_groups = None
+        inner = self._fused_inner()
         for graph, _, owner, node in _walk(self.model.graph):
             if node is None:
                 self._place_graph_inputs(graph, owner)
@@ -72,7 +122,7 @@ class PlacementMixin:
             for k, name in enumerate(node.input):
                 if (name and (name in self._const or name in self._folded) and self.is_float(name)
                         and name not in self.targets and name not in self._qparams and name not in self._skip):
-                    self._place_constant(node, k, name, folded_bn)
+                    self._place_constant(node, k, name)
             if op == "Constant":
                 continue
             for name in node.output:
@@ -113,11 +163,11 @@ class PlacementMixin:
                 self._add(name, "activation", "Input", owner.name if owner is not None else "",
                           existing=self.existing_encodings.get(name))
 
-    def _place_constant(self, node: onnx.NodeProto, k: int, name: str, folded_bn: set[str]) -> None:
+    def _place_constant(self, node: onnx.NodeProto, k: int, name: str) -> None:
         op = node.op_type
         existing = self.existing_encodings.get(name)
-        if k in NON_DATA_INPUTS.get(op, ()) or (node.name in folded_bn and k >= 1):
-            return  # settings, or BatchNorm params that fold into the conv
+        if k in NON_DATA_INPUTS.get(op, ()):
+            return  # settings, not data
         if op in ("Conv", "ConvTranspose", "Gemm") and k == 2:
             self._add(name, "bias", op, node.name, bias_inputs=(node.input[0], node.input[1]), existing=existing)
             return
@@ -142,7 +192,7 @@ class PlacementMixin:
 
     def _reused_input(self, node: onnx.NodeProto) -> str | None:
         """The input whose encoding a data-movement output reuses, or None if it needs its own."""
-        if node.op_type in MOVE_OPS:
+        if node.op_type in self.placement.move_ops:
             src = node.input[0] if node.input else ""
             return src if src and self._quantized(src) else None
         if node.op_type == "Concat":

@@ -16,6 +16,9 @@ EPS32 = float(np.finfo(np.float32).eps)
 # floors the scale at float32 eps instead.
 MIN_RANGE_RULES = {"qnn": 1e-4, "aimet": 0.01, "eps": 0.0}
 INT_BITWIDTHS = (4, 8, 16, 32)
+# Grids an encoding may use: the bitwidths users choose, and the 7-bit grid a target keeps 8-bit
+# weights on where integer kernels would saturate (stored as int8, see targets/profiles.py).
+GRID_BITWIDTHS = INT_BITWIDTHS + (7,)
 FLOAT_BITWIDTHS = (16, 32)
 SYMMETRIC_VARIANTS = ("aimet", "qnn", "aimet_legacy")
 
@@ -193,7 +196,7 @@ def compute_encoding(
     Symmetric encodings use `variant` (spec 1.7); `strict` and `unsigned` select AIMET's strict and
     unsigned symmetric modes.
     """
-    if bw not in INT_BITWIDTHS:
+    if bw not in GRID_BITWIDTHS:
         raise ValueError(f"integer bitwidth must be one of {INT_BITWIDTHS}, not {bw}")
     if isinstance(min_range, str):
         if min_range not in MIN_RANGE_RULES:
@@ -244,3 +247,14 @@ def bias_encoding(input_scale: float, weight_scale, axis: int | None = 0) -> Enc
         symmetric=True,
         axis=axis if scale.size > 1 else None,
     )
+
+
+def derived_bias(input_enc: Encoding | None, weight_enc: Encoding | None) -> Encoding | None:
+    """The int32 bias encoding a target derives from the op's input and weight encodings, or None when
+    it cannot: a float (or missing) input or weight, a per-channel input, or an input wider than 16
+    bits, whose tiny scale would leave no room for the bias values (they would clip)."""
+    if input_enc is None or weight_enc is None or input_enc.is_float or weight_enc.is_float:
+        return None
+    if len(input_enc.scale) != 1 or input_enc.bw > 16:
+        return None
+    return bias_encoding(input_enc.scale[0], weight_enc.scales, axis=0)

@@ -12,11 +12,12 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from .encoding import Encoding, bias_encoding
+from .encoding import Encoding, derived_bias
 
 STORAGE = {  # (bits, signed) -> ONNX element type
     (4, False): TensorProto.UINT4, (4, True): TensorProto.INT4,
     (8, False): TensorProto.UINT8, (8, True): TensorProto.INT8,
+    (7, True): TensorProto.INT8,  # 8-bit weights a target keeps on a 7-bit grid
     (16, False): TensorProto.UINT16, (16, True): TensorProto.INT16,
     (32, True): TensorProto.INT32,
 }
@@ -45,7 +46,9 @@ class QParams:
         return 2 ** (self.bw - 1) - 1 if self.signed else 2**self.bw - 1
 
     def label(self) -> str:
-        return f"{'int' if self.signed else 'uint'}{self.bw}" + ("/ch" if self.axis is not None else "")
+        storage = 8 if self.bw == 7 else self.bw
+        label = f"{'int' if self.signed else 'uint'}{storage}" + ("/ch" if self.axis is not None else "")
+        return label + (" (7-bit grid)" if self.bw == 7 else "")
 
 
 def onnx_qparams(enc: Encoding) -> QParams | None:
@@ -142,15 +145,15 @@ def _param_tensors(prefix: str, qp: QParams, names: Callable[[str], str]) -> tup
 
 def complete_encodings(index, encodings: dict[str, Encoding]) -> dict[str, Encoding]:
     """`encodings` plus int32 encodings for biases that have none while their op's input and
-    weight are integer (scale = input scale x weight scale), as the QNN converter derives them."""
+    weight are integer (scale = input scale x weight scale, `derived_bias`), as the QNN converter
+    derives them."""
     out = dict(encodings)
     for name in index.biases():
         t = index.targets[name]
         if name in out or not t.bias_inputs:
             continue
         act, weight = t.bias_inputs
-        a, w = out.get(index.encoding_source(act)), out.get(weight)
-        if a is None or w is None or a.is_float or w.is_float or len(a.scale) != 1:
-            continue
-        out[name] = bias_encoding(a.scale[0], w.scales, axis=0)
+        derived = derived_bias(out.get(index.encoding_source(act)), out.get(weight))
+        if derived is not None:
+            out[name] = derived
     return out

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qinspect.core.errors import ModelError
 from qinspect.core.graph.model import ModelIndex, load_model
+from qinspect.core.ptq.prepare import prepare_model
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 rng = np.random.default_rng(0)
@@ -58,12 +59,15 @@ def small_cnn():
 def test_small_cnn_targets_aliases_and_fusion():
     model = small_cnn()
     run(model, {"x": np.zeros((1, 3, 8, 8), np.float32)})  # the test model itself is valid
-    idx = load_model(model)
+    idx = prepare_model(model)  # the default target folds bn into conv2, which then writes "bn"
 
     assert idx.activations() == ["x", "r1", "r2", "y"]
     assert idx.aliases == {"p1": "r1", "f": "r2"}
-    for inner in ("c1", "c2", "bn"):  # fused into conv1+relu1 and conv2+bn+relu2
+    assert "BatchNormalization" not in [n.op_type for n in idx.model.graph.node]
+    for inner in ("c1", "bn"):  # fused into conv1+relu1 and conv2(+bn)+relu2
         assert inner not in idx.targets and inner not in idx.aliases
+    assert "c2" not in idx.tensors  # conv2 now writes "bn" directly
+    assert idx.fused_output == {"conv1": "r1", "conv2": "r2", "fc": "y"}
     assert idx.encoding_source("f") == "r2" and idx.encoding_source("p1") == "r1"
     assert idx.encoding_source("r1") == "r1"
     assert idx.encoding_source("c1") == "c1" and "c1" not in idx.targets  # not quantized at all
@@ -81,10 +85,17 @@ def test_small_cnn_targets_aliases_and_fusion():
     assert idx.inputs[0].name == "x" and idx.inputs[0].dtype == np.float32
     assert idx.inputs[0].shape == (1, 3, 8, 8)
     assert idx.outputs == ["y"]
-    assert idx.tensors["c2"].producer == "conv2" and idx.tensors["c2"].consumers == ["bn"]
+    assert idx.tensors["bn"].producer == "conv2" and idx.tensors["bn"].consumers == ["relu2"]
     assert idx.tensors["p1"].shape == (1, 4, 4, 4)
     assert idx.tensors["w1"].is_initializer and idx.tensors["w1"].producer is None
-    np.testing.assert_array_equal(idx.initializer("bn_v"), np.ones(6, np.float32))
+    assert "bn_v" not in idx.tensors  # the folded BatchNormalization's parameters are gone
+
+
+def test_unfolded_batchnorm_is_an_op_of_its_own():
+    idx = load_model(small_cnn())  # no target: nothing folded
+    assert idx.activations() == ["x", "r1", "c2", "bn", "r2", "y"]  # bn and relu2 run on their own
+    assert idx.fused_output["conv2"] == "c2"
+    assert {"bn_s", "bn_b", "bn_m", "bn_v"} <= set(idx.weights())
 
 
 def test_per_channel_axes():
@@ -296,7 +307,7 @@ def test_external_data_loads(tmp_path):
     expected = {t.name: numpy_helper.to_array(t) for t in saved.graph.initializer}
     for name, value in expected.items():
         np.testing.assert_array_equal(idx.initializer(name), value)
-    assert idx.activations() == ["x", "r1", "r2", "y"]
+    assert idx.activations() == ["x", "r1", "c2", "bn", "r2", "y"]
     run(idx.model, {"x": np.zeros((1, 3, 8, 8), np.float32)})  # the loaded model holds its data
 
 

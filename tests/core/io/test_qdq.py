@@ -200,8 +200,10 @@ def test_float16_and_float_kept_tensors(tmp_path):
     assert {helper.get_attribute_value(c.attribute[0]) for c in casts} == {TensorProto.FLOAT16, TensorProto.FLOAT}
     assert node_making(model, "sig_out").op_type == "Sigmoid"  # float32: no quantizer
     assert initializers(model)["fc.weight_fp16"].dtype == np.float16
-    assert encodings["fc.bias"].is_float  # a float weight makes the op float (QNN rule)
-    assert set(report.float16) == {"conv2_out", "fc.weight", "fc.bias"} and report.kept_float == ["sig_out"]
+    # QNN's rule (the default target): a float output or weight makes the op's output, weight and bias float
+    assert encodings["fc.bias"].is_float and encodings["logits"].is_float
+    assert set(report.float16) == {"conv2_out", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias", "logits"}
+    assert report.kept_float == ["sig_out"]
     (got,) = session(out, optimize=False).run(["logits"], {"input": x})
     (sim,) = Simulator(index, encodings, names=["logits"]).run({"input": x})
     np.testing.assert_allclose(got, sim, rtol=1e-6)
