@@ -53,6 +53,24 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _target_option(p) -> None:
+    from .core.targets.profiles import DEFAULT_TARGET, TARGETS
+
+    described = "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values())
+    p.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
+                   help=f"what the model will run on (default {DEFAULT_TARGET}). {described}")
+
+
+def _open_model(args):
+    """The model as the chosen target runs it (BatchNormalization folded), with its notes printed."""
+    from .core.ptq.prepare import prepare_model
+
+    index = prepare_model(args.model, args.target)
+    for note in index.notes:
+        print(f"qinspect: note: {note}", file=sys.stderr)
+    return index
+
+
 def _data_and_provider_options(p) -> None:
     """Options for reading image folders and choosing onnxruntime providers (calibrate, compare)."""
     p.add_argument("--image-size", type=_size, help="HxW (or one number) to resize images to")
@@ -90,6 +108,11 @@ def _calibrate_parser(sub) -> None:
                    help="bin every value into the histograms (slower); by default each batch bins a "
                         "subsample of 16,384 values per tensor, while min/max stay exact")
     p.add_argument("--session", help="also save a session file that the app reopens")
+    p.add_argument("--bias-encodings", action="store_true",
+                   help="write bias encodings even where the target derives them itself (qnn-htp leaves them out)")
+    p.add_argument("--model-out", metavar="OUT.onnx",
+                   help="also write the float model the encodings name (BatchNormalization folded as the target does)")
+    _target_option(p)
     _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -101,6 +124,7 @@ def _export_parser(sub) -> None:
                    help="an encodings/overrides JSON (0.6.1, 1.0.0 or 2.0.0)")
     p.add_argument("--qdq", metavar="OUT.onnx", help="the QDQ ONNX model to write")
     p.add_argument("--ort-overrides", metavar="OUT.json", help="also write onnxruntime TensorQuantOverrides (JSON)")
+    _target_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print warnings only")
 
 
@@ -119,19 +143,28 @@ def _compare_parser(sub) -> None:
                    help="rank quantizer groups (an op's activation, weight and bias) by the output error they cause")
     p.add_argument("--sensitivity-samples", type=int, default=16, metavar="N",
                    help="samples the sensitivity analysis runs on (default 16)")
+    p.add_argument("--runtime", action="store_true",
+                   help="also run the exported QDQ model in onnxruntime with its default session options and "
+                        "report its output SQNR next to the simulated one")
+    _target_option(p)
     _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _read_encodings(path, index) -> dict:
+def _read_encodings(path, index, target) -> dict:
+    """The file's encodings as `target` runs them (its rules applied); what it cannot run is refused."""
     from .core.io.overrides import read_overrides
+    from .core.plan import encodings_for_target
 
     encodings, warnings = read_overrides(path, index)
     for w in warnings:
         print(f"qinspect: warning: {path}: {w}", file=sys.stderr)
     if not encodings:
         raise _Usage(f"{path}: holds no encodings for this model; write one with qinspect calibrate")
-    return encodings
+    try:
+        return encodings_for_target(index, encodings, target)
+    except ValueError as exc:
+        raise _Usage(f"{path}: {exc}") from None
 
 
 def _check_providers(providers) -> None:
@@ -144,19 +177,15 @@ def _check_providers(providers) -> None:
 
 
 def run_export(args) -> int:
-    from .core.graph.model import load_model
-
     if not args.qdq and not args.ort_overrides:
         raise _Usage("nothing to export: give --qdq OUT.onnx and/or --ort-overrides OUT.json")
-    index = load_model(args.model)
-    for note in index.notes:
-        print(f"qinspect: note: {note}", file=sys.stderr)
-    encodings = _read_encodings(args.encodings, index)
+    index = _open_model(args)
+    encodings = _read_encodings(args.encodings, index, args.target)
     protect = [args.model, args.encodings]
     if args.qdq:
         from .core.io.qdq import export_qdq
 
-        report = export_qdq(index, encodings, args.qdq, protect=protect)
+        report = export_qdq(index, encodings, args.qdq, protect=protect, target=args.target)
         for line in report.lines():
             if not args.quiet or line.startswith("warning"):
                 print(line if line.startswith("wrote") else f"qinspect: {line}", file=sys.stderr)
@@ -197,7 +226,6 @@ def run_compare(args) -> int:
     import json
 
     from .core.analysis.compare import compare
-    from .core.graph.model import load_model
     from .core.progress import NullProgress
 
     if args.sensitivity_samples < 1:
@@ -207,14 +235,14 @@ def run_compare(args) -> int:
     if args.batch_size < 1:
         raise _Usage("--batch-size must be at least 1")
     _check_providers(args.provider)
-    index = load_model(args.model)
-    encodings = _read_encodings(args.encodings, index)
+    index = _open_model(args)
+    encodings = _read_encodings(args.encodings, index, args.target)
     data = _open_data(args, index)
     progress = NullProgress() if args.quiet else TerminalProgress(label="comparing")
     ranking, info = None, None
     with data:
         result = compare(index, encodings, data, progress=progress, batch_size=args.batch_size,
-                         providers=args.provider or None)
+                         providers=args.provider or None, runtime=args.runtime, target=args.target)
         if args.sensitivity:
             from .core.analysis.sensitivity import sensitivity
 
@@ -232,8 +260,12 @@ def run_compare(args) -> int:
                            sensitivity=ranking, sensitivity_info=info)
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
+    if result.runtime is not None:
+        for line in result.runtime.lines():
+            print(f"qinspect: {line}" if line.startswith("warning") else line, file=sys.stderr)
     if args.json:
-        doc = {"model": args.model, "encodings": args.encodings, "data": args.data, **result.to_dict()}
+        doc = {"model": args.model, "encodings": args.encodings, "data": args.data, "target": args.target,
+               **result.to_dict()}
         if ranking is not None:
             doc["sensitivity"] = [e.to_dict() for e in ranking]
             doc["sensitivity_info"] = info
@@ -274,16 +306,15 @@ def _sensitivity_summary(ranking, info) -> str:
 
 def run_calibrate(args) -> int:
     from .core.calib.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
-    from .core.io.overrides import apply_overrides, read_overrides, write_overrides
-    from .core.graph.model import load_model
-    from .core.plan import Defaults, PrecisionPlan, derive_encodings
+    from .core.io.overrides import apply_overrides, file_encodings, read_overrides, write_overrides
+    from .core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
     from .core.progress import NullProgress
 
     if args.samples is not None and args.samples < 1:
         raise _Usage("--samples must be at least 1")
     if args.batch_size < 1:
         raise _Usage("--batch-size must be at least 1")
-    index = load_model(args.model)
+    index = _open_model(args)
     data = _open_data(args, index)
     defaults = Defaults(
         act_bw=args.act_bw,
@@ -294,25 +325,22 @@ def run_calibrate(args) -> int:
         per_channel=args.per_channel,
         percentile=args.percentile,
     )
-    plan = PrecisionPlan(defaults)
+    plan = PrecisionPlan(defaults, args.target)
     if args.overrides:
         encodings, warnings = read_overrides(args.overrides, index)
         for w in warnings:
             print(f"qinspect: warning: {args.overrides}: {w}", file=sys.stderr)
         apply_overrides(plan, encodings)
+    problems = refusals(index, plan)
+    if problems:
+        where = f"{args.overrides}: " if args.overrides else ""
+        raise _Usage(where + "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+    _check_providers(args.provider)
     providers = args.provider or None
-    if providers:
-        from .core.calib.calibrate import available_providers
-
-        missing = [p for p in providers if p not in available_providers()]
-        if missing:
-            raise _Usage(f"execution provider(s) {', '.join(missing)} not in this onnxruntime; have {available_providers()}")
     progress = NullProgress() if args.quiet else TerminalProgress()
     sample = None if args.exact_histograms else DEFAULT_HISTOGRAM_SAMPLE
     result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers,
                        histogram_sample=sample)
-    for note in index.notes:
-        print(f"qinspect: note: {note}", file=sys.stderr)
     for name, why in result.skipped.items():
         print(f"qinspect: warning: {name}: no statistics ({why})", file=sys.stderr)
     for line in result.warnings:
@@ -325,7 +353,11 @@ def run_calibrate(args) -> int:
                 file=sys.stderr,
             )
     encodings = derive_encodings(index, result.stats, plan)
-    kinds = {name: index.targets[name].kind for name in encodings}
+    for line in _rule_summary(rule_effects(index, plan)):
+        print(f"qinspect: note: {line}", file=sys.stderr)
+    written = file_encodings(index, encodings, target=args.target, edited=plan.edited(),
+                             bias_encodings=True if args.bias_encodings else None)
+    kinds = {name: index.targets[name].kind for name in written}
     quantizer_args = {
         "activation_bitwidth": args.act_bw,
         "param_bitwidth": args.param_bw,
@@ -334,18 +366,39 @@ def run_calibrate(args) -> int:
         "per_channel_quantization": args.per_channel,
         "quant_scheme": f"post_training_{args.scheme}",
     }
-    out = write_overrides(args.output, encodings, kinds, args.format, quantizer_args, protect=[args.model])
+    protect = [args.model] + ([args.overrides] if args.overrides else [])
+    out = write_overrides(args.output, written, kinds, args.format, quantizer_args, protect=protect,
+                          target=args.target)
+    if args.model_out:
+        from .core.io.qdq import save_model
+
+        model_out = save_model(index, args.model_out, protect=protect + [args.output])
+        if not args.quiet:
+            print(f"wrote {model_out}: the float model the encodings name", file=sys.stderr)
     if args.session:
         from .core.io.session import Session, save_session
 
-        save_session(args.session, Session(args.model, args.data, result.stats, plan), protect=[args.model])
+        save_session(args.session, Session(args.model, args.data, result.stats, plan), protect=protect)
     if not args.quiet:
-        print(
-            f"wrote {out}: {len(encodings)} encodings from {result.samples} samples "
-            f"in {result.seconds:.1f}s",
-            file=sys.stderr,
-        )
+        left = len(encodings) - len(written)
+        print(f"wrote {out}: {len(written)} encodings for target {args.target} from {result.samples} samples in "
+              f"{result.seconds:.1f}s" + (f" ({left} bias encodings left out: the target derives them; "
+                                           f"--bias-encodings writes them)" if left else ""), file=sys.stderr)
     return 0
+
+
+def _rule_summary(effects: dict) -> list[str]:
+    """One line per kind of rule that changed tensors, naming a few of them."""
+    by_rule: dict[str, list[str]] = {}
+    for name, effect in effects.items():
+        by_rule.setdefault(effect.rule, []).append(name)
+    lines = []
+    for rule, names in by_rule.items():
+        example = effects[names[0]].message
+        more = f" (and {len(names) - 1} more tensor(s): {', '.join(names[1:5])}{' ...' if len(names) > 5 else ''})" \
+            if len(names) > 1 else ""
+        lines.append(f"{names[0]}: {example}{more}")
+    return lines
 
 
 class _Usage(Exception):

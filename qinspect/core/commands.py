@@ -49,6 +49,21 @@ class SetEdits(Command):
         project.restore_edits(self.previous)
 
 
+class SetTarget(Command):
+    """Switch the plan to another target (its rules then apply to every tensor)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.previous = None
+        self.label = f"target {target}"
+
+    def do(self, project) -> None:
+        self.previous = project.set_target(self.target)
+
+    def undo(self, project) -> None:
+        project.set_target(self.previous)
+
+
 class CommandStack:
     """Undo/redo history. `push` runs the command; a failing command is not recorded."""
 

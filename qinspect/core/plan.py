@@ -397,3 +397,20 @@ def derive_encodings(
 def _bias_sources(index, target) -> set[str]:
     act, weight = target.bias_inputs
     return {index.encoding_source(act), weight}
+
+
+def encodings_for_target(index, encodings: dict[str, Encoding], target=None) -> dict[str, Encoding]:
+    """Exact encodings (read from a file) as `target` runs them: its rules applied among the tensors
+    the file names (a float output makes the op's weight float too, a weight goes on the target's
+    grid, ...); tensors the file leaves out stay without an encoding. Raises ValueError listing
+    what the target cannot run."""
+    plan = PrecisionPlan(target=get_target(target).name)
+    for name, enc in encodings.items():
+        if name in index.targets:
+            plan.restore(name, TensorEdit(encoding=enc))
+    problems = refusals(index, plan, list(plan.edits))
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise ValueError(shown)
+    derived = derive_encodings(index, {}, plan, names=list(plan.edits), known={})
+    return {n: e for n, e in derived.items() if n in plan.edits}

@@ -1,22 +1,28 @@
-"""The state one window (or one script) works on: model, statistics, plan and derived encodings.
+"""The state one window (or one script) works on: model, statistics, plan (with its target) and
+derived encodings.
 
 Views subscribe to change events and never own the truth. Events:
 ``"model"`` (a model was opened; everything changed), ``"stats"`` (a calibration finished),
-``"plan"`` (edits; `names` lists the tensors whose encodings may have changed, None = all).
+``"plan"`` (edits, or another target; `names` lists the tensors whose encodings may have changed,
+None = all).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .quant.encoding import Encoding
+from .graph.model import ModelIndex
 from .io.session import Session, load_session, save_session
-from .graph.model import ModelIndex, load_model
-from .plan import PrecisionPlan, TensorEdit, check_edit, derive_encodings
+from .plan import PrecisionPlan, TensorEdit, check_edit, derive_encodings, refusals, rule_effects
+from .ptq.prepare import prepare_model
+from .quant.encoding import Encoding
 from .quant.stats import TensorStats
+from .targets.profiles import get_target
+from .targets.rules import RuleEffect
 
 Listener = Callable[[str, "list[str] | None"], None]
 
@@ -30,6 +36,7 @@ class Project:
         self.data_spec: str | None = None
         self.data_options: dict = {}
         self._encodings: dict[str, Encoding] | None = None
+        self._effects: dict[str, RuleEffect] | None = None
         self._listeners: list[Listener] = []
 
     # --- events -----------------------------------------------------------------------------
@@ -49,15 +56,49 @@ class Project:
     def model_path(self) -> str | None:
         return self.index.path if self.index is not None else None
 
+    @property
+    def target(self) -> str:
+        return self.plan.target
+
     def open_model(self, path_or_index) -> None:
-        """Open a model; on failure (ModelError) the previous state is kept."""
-        index = path_or_index if isinstance(path_or_index, ModelIndex) else load_model(path_or_index)
+        """Open a model as the current target runs it; on failure (ModelError) the previous state is kept."""
+        if isinstance(path_or_index, ModelIndex):
+            index = path_or_index
+        else:
+            index = prepare_model(path_or_index, self.plan.target)
         self.index = index
-        self.plan = PrecisionPlan(self.plan.defaults)
+        self.plan = PrecisionPlan(self.plan.defaults, self.plan.target)
         self.stats = {}
         self.samples = 0
-        self._encodings = None
+        self._encodings = self._effects = None
         self._emit("model")
+
+    def set_target(self, name: str) -> str:
+        """Switch to another target; returns the previous one (for undo). Raises ValueError, changing
+        nothing, when the plan holds settings the new target cannot run. A target that places
+        quantizers differently reopens the model (statistics of tensors both share are kept)."""
+        new, old = get_target(name), get_target(self.plan.target)
+        if new.name == old.name:
+            return old.name
+        if self.index is not None:
+            trial = copy.copy(self.plan)
+            trial.target = new.name
+            problems = refusals(self.index, trial, list(self.plan.edits))
+            if problems:
+                raise ValueError(f"{new.name} cannot run the current plan: " + "; ".join(problems[:4]))
+        reindex = self.index is not None and (new.placement, new.fold_batchnorm) != (old.placement, old.fold_batchnorm)
+        if reindex:
+            index = prepare_model(self.index.path or self.index.model, new.name)
+            self.index = index
+            self.stats = {n: s for n, s in self.stats.items() if n in index.targets}
+        self.plan.target = new.name
+        self._encodings = self._effects = None
+        if reindex:
+            self._emit("model")
+            self._emit("stats")
+        else:
+            self._emit("plan", None)
+        return old.name
 
     def set_stats(self, stats: dict[str, TensorStats], samples: int = 0, data_spec=None, data_options=None) -> None:
         self.stats = dict(stats)
@@ -65,7 +106,7 @@ class Project:
         if data_spec is not None:
             self.data_spec = data_spec
             self.data_options = dict(data_options or {})
-        self._encodings = None
+        self._encodings = self._effects = None
         self._emit("stats")
 
     # --- encodings --------------------------------------------------------------------------
@@ -81,6 +122,15 @@ class Project:
         if self.index is None:
             return None
         return self.encodings.get(self.index.encoding_source(name))
+
+    @property
+    def rule_effects(self) -> dict[str, RuleEffect]:
+        """Tensors whose settings a target rule changed, with what it did and why."""
+        if self.index is None:
+            return {}
+        if self._effects is None:
+            self._effects = rule_effects(self.index, self.plan)
+        return self._effects
 
     # --- edits (called by commands, so that every edit can be undone) --------------------------
     def apply_edit(self, names: list[str], changes: dict) -> dict[str, TensorEdit]:
@@ -98,6 +148,12 @@ class Project:
                 problems.append(f"{name}: not a quantized tensor of this model")
                 continue
             problems += check_edit(name, replace(self.plan.edit(name), **changes))
+        if not problems and self.index is not None:
+            trial = copy.copy(self.plan)
+            trial.edits = dict(self.plan.edits)
+            for name, changes in changes_by_name.items():
+                trial.restore(name, replace(trial.edit(name), **changes))
+            problems = refusals(self.index, trial, list(changes_by_name))
         if problems:
             raise ValueError("; ".join(problems))
         previous = {name: self.plan.set(name, **changes) for name, changes in changes_by_name.items()}
@@ -110,9 +166,15 @@ class Project:
         self._changed(list(edits))
 
     def _changed(self, names: list[str]) -> None:
+        """Re-derive what the edits of `names` change: themselves, what target rules tie to them and
+        the biases that follow them; views hear about all of those."""
+        self._effects = None
+        changed = set(names)
         if self._encodings is not None and self.index is not None:
-            self._encodings = derive_encodings(self.index, self.stats, self.plan, names, self._encodings)
-        self._emit("plan", list(names))
+            old = self._encodings
+            self._encodings = derive_encodings(self.index, self.stats, self.plan, names, old)
+            changed |= {n for n in set(old) | set(self._encodings) if old.get(n) != self._encodings.get(n)}
+        self._emit("plan", sorted(changed))
 
     # --- summaries --------------------------------------------------------------------------
     def size_bytes(self) -> tuple[int, int]:
@@ -138,7 +200,7 @@ class Project:
     @classmethod
     def from_session(cls, path) -> Project:
         session = load_session(path)
-        project = cls(load_model(session.model_path), session.plan)
+        project = cls(prepare_model(session.model_path, session.plan.target), session.plan)
         project.stats = session.stats
         project.data_spec = session.data
         project.data_options = session.data_options

@@ -1,5 +1,5 @@
-"""What the menu actions do before they call the window's methods: file dialogs, the calibration
-dialog, drag and drop. Tests call the methods directly and never open these dialogs."""
+"""What the file menu does: file dialogs, the calibration dialog, drag and drop, and the exports
+(in workers). Tests call the methods directly and never open these dialogs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +54,7 @@ class FileActionsMixin:
     def _ask_export_encodings(self) -> None:
         from .export_dialog import ask_encodings_export
 
-        choice = ask_encodings_export(self, self._default_path(".encodings.json"))
+        choice = ask_encodings_export(self, self._default_path(".encodings.json"), self.project.target)
         if choice:
             self.export_encodings(*choice)
 
@@ -94,3 +94,57 @@ class FileActionsMixin:
         dialog.accepted.connect(accepted)
         dialog.open()
 
+    # --- exports ---------------------------------------------------------------------------------
+    def export_encodings(self, path, version: str = "0.6.1", only_edited: bool = False,
+                         bias_encodings: bool | None = None) -> bool:
+        """Write the overrides JSON for the project's target in a worker; `exportFinished` tells how it
+        ended. `bias_encodings` None follows the target (qnn-htp leaves derived biases out)."""
+        from ..core.io.overrides import file_encodings, write_overrides
+
+        if not self._can_export():
+            return False
+        project, index = self.project, self.project.index
+        encodings = file_encodings(index, dict(project.encodings), target=project.target,
+                                   edited=project.plan.edited(), only_edited=only_edited,
+                                   bias_encodings=bias_encodings)
+        kinds = {n: index.targets[n].kind for n in encodings}
+        target = project.target
+        self._start(
+            lambda progress: write_overrides(path, encodings, kinds, version, protect=[index.path], target=target),
+            "export",
+            lambda out: self._exported(str(out)),
+            lambda: None,
+        )
+        return True
+
+    def export_qdq(self, path) -> bool:
+        """Write a QDQ ONNX model in a worker; `exportFinished` tells how it ended."""
+        from ..core.io.qdq import export_qdq
+
+        if not self._can_export():
+            return False
+        index, encodings, target = self.project.index, dict(self.project.encodings), self.project.target
+        self._start(
+            lambda progress: export_qdq(index, encodings, path, protect=[index.path], progress=progress,
+                                        target=target),
+            "QDQ export",
+            lambda report: self._exported(str(path), report),
+            lambda: None,
+        )
+        return True
+
+    def _can_export(self) -> bool:
+        if self.project.index is None:
+            messages.notify(self, "warning", "No model", "Open a model first.")
+            return False
+        if not self.project.stats:
+            messages.notify(self, "warning", "Not calibrated", "Calibrate the model first (Calibration > Calibrate…).")
+            return False
+        return True
+
+    def _exported(self, path: str, report=None) -> None:
+        warnings = list(getattr(report, "warnings", []) or [])
+        if warnings:
+            messages.notify(self, "warning", "Exported with warnings", "\n".join(warnings[:20]))
+        self.statusBar().showMessage(f"Wrote {path}", 8000)
+        self.exportFinished.emit(True, path)

@@ -37,6 +37,7 @@ from .histogram import HistogramPanel
 from .pareto_panel import ParetoPanel
 from .precision_editor import PrecisionEditor
 from .sensitivity_panel import SensitivityPanel
+from .target_bar import TargetBar, Verifier
 from .tensor_table import TensorTable
 from .workers import JobThread
 
@@ -89,16 +90,22 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.summary = QLabel(objectName="summaryLabel")
         self.live_error = LiveError(self.project, self)
         self.output_sqnr = self.live_error.label
+        self.verifier = Verifier(self.project, self._start, self)
         self.statusBar().addWidget(self.summary, 1)
+        self.statusBar().addPermanentWidget(self.verifier.label)
         self.statusBar().addPermanentWidget(self.output_sqnr)
         self.statusBar().addPermanentWidget(self.eta)
         self.statusBar().addPermanentWidget(self.progress)
 
         self._build_panels()
         self._build_actions()
+        self.target_bar = TargetBar(self.project, self.stack, self)
+        self.target_bar.addAction(self.actionVerify)
+        self.addToolBar(self.target_bar)
         self.project.subscribe(self._on_project)
         self.stack.subscribe(self._update_undo)
         self._update_undo()
+        self._update_title()
         self._update_summary()
 
     # --- actions -------------------------------------------------------------------------------
@@ -149,6 +156,11 @@ class MainWindow(FileActionsMixin, QMainWindow):
                                                self._run_pareto, "Ctrl+Shift+P", analysis)
         self.actionMeasureError = self._action("actionMeasureError", "Re-measure the &error",
                                                lambda: self.live_error.schedule(None), "F5", analysis)
+        self.actionVerify = self._action("actionVerify", "&Verify in onnxruntime", lambda: self.verifier.run(),
+                                         "Ctrl+Shift+V", analysis)
+        self.actionVerify.setToolTip("Export the QDQ model for the target and run it in onnxruntime with default "
+                                     "session options on the calibration data: its output SQNR next to the "
+                                     "simulated one")
         view = bar.addMenu("&View")
         self._dock_actions = {}
         for dock, name, key in ((self.graph_dock, "actionShowGraph", "Ctrl+1"),
@@ -372,58 +384,6 @@ class MainWindow(FileActionsMixin, QMainWindow):
             return True
         return False
 
-    # --- exports ---------------------------------------------------------------------------------
-    def export_encodings(self, path, version: str = "0.6.1", only_edited: bool = False) -> bool:
-        """Write the overrides JSON in a worker; `exportFinished` tells how it ended."""
-        from ..core.io.overrides import write_overrides
-
-        if not self._can_export():
-            return False
-        encodings = dict(self.project.encodings)
-        if only_edited:
-            edited = set(self.project.plan.edited())
-            encodings = {n: e for n, e in encodings.items() if n in edited}
-        index = self.project.index
-        kinds = {n: index.targets[n].kind for n in encodings}
-        self._start(
-            lambda progress: write_overrides(path, encodings, kinds, version, protect=[index.path]),
-            "export",
-            lambda out: self._exported(str(out)),
-            lambda: None,
-        )
-        return True
-
-    def export_qdq(self, path) -> bool:
-        """Write a QDQ ONNX model in a worker; `exportFinished` tells how it ended."""
-        from ..core.io.qdq import export_qdq
-
-        if not self._can_export():
-            return False
-        index, encodings = self.project.index, dict(self.project.encodings)
-        self._start(
-            lambda progress: export_qdq(index, encodings, path, protect=[index.path], progress=progress),
-            "QDQ export",
-            lambda report: self._exported(str(path), report),
-            lambda: None,
-        )
-        return True
-
-    def _can_export(self) -> bool:
-        if self.project.index is None:
-            messages.notify(self, "warning", "No model", "Open a model first.")
-            return False
-        if not self.project.stats:
-            messages.notify(self, "warning", "Not calibrated", "Calibrate the model first (Calibration > Calibrate…).")
-            return False
-        return True
-
-    def _exported(self, path: str, report=None) -> None:
-        warnings = list(getattr(report, "warnings", []) or [])
-        if warnings:
-            messages.notify(self, "warning", "Exported with warnings", "\n".join(warnings[:20]))
-        self.statusBar().showMessage(f"Wrote {path}", 8000)
-        self.exportFinished.emit(True, path)
-
     def _write(self, fn, title: str) -> bool:
         try:
             path = fn()
@@ -496,9 +456,13 @@ class MainWindow(FileActionsMixin, QMainWindow):
             self.stack.clear()
             self.histogram.show_tensor(None)
             self.editor.set_selection([])
-            path = self.project.model_path
-            self.setWindowTitle(f"qinspect — {Path(path).name}" if path else "qinspect")
+        self._update_title()
         self._update_summary()
+
+    def _update_title(self) -> None:
+        path = self.project.model_path
+        name = f" — {Path(path).name}" if path else ""
+        self.setWindowTitle(f"qinspect{name} [{self.project.target}]")
 
     def _on_selection(self, names: list) -> None:
         self.editor.set_selection(names)

@@ -2,7 +2,8 @@
 
 Every change pushes one `EditTensors` command for the whole selection, so one undo restores all of
 them. The controls only display the plan: they refresh from project events (with signals blocked,
-so a refresh never pushes a command).
+so a refresh never pushes a command). The bitwidths offered are those the target runs for every
+selected tensor; what a target rule changes is said under the controls (`ruleLabel`).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from PySide6.QtWidgets import (
 )
 
 from qinspect.core.commands import EditTensors
-from qinspect.core.quant.encoding import FLOAT_BITWIDTHS, INT_BITWIDTHS
 from qinspect.core.quant.ranges import SCHEMES
+from qinspect.core.targets.profiles import get_target
 
 from . import messages
 
@@ -96,6 +97,9 @@ class PrecisionEditor(QWidget):
         self.summary = QLabel(objectName="encodingSummary")
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.rule_label = QLabel(objectName="ruleLabel")
+        self.rule_label.setWordWrap(True)
+        self.rule_label.setStyleSheet("color: #1a4f8b;")
 
         form = QFormLayout()
         form.addRow("Dtype", self.dtype_combo)
@@ -116,6 +120,7 @@ class PrecisionEditor(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.summary)
+        layout.addWidget(self.rule_label)
         layout.addStretch(1)
 
         self.dtype_combo.currentIndexChanged.connect(self._on_dtype)
@@ -191,6 +196,14 @@ class PrecisionEditor(QWidget):
         index = self._project.index if self._project is not None else None
         return index.targets if index is not None else {}
 
+    def _allowed(self, dtype: str) -> list[int]:
+        """Bitwidths of `dtype` the target runs for every selected tensor."""
+        target = get_target(self._project.plan.target)
+        targets = self._targets_dict()
+        sets = [{bw for d, bw in target.supported(targets[n].kind, targets[n].op_type) if d == dtype}
+                for n in self._names]
+        return sorted(set.intersection(*sets)) if sets else []
+
     def _what(self) -> str:
         return self._names[0] if len(self._names) == 1 else f"{len(self._names)} tensors"
 
@@ -207,6 +220,7 @@ class PrecisionEditor(QWidget):
             self.min_edit.clear()
             self.max_edit.clear()
             self.apply_button.setText("Apply to all ops of this type")
+            self.rule_label.clear()
             return
         targets = self._targets_dict()
         plan = self._project.plan
@@ -217,7 +231,7 @@ class PrecisionEditor(QWidget):
 
         dtype = _common(s.dtype for s in settings)
         self.dtype_combo.setCurrentIndex(-1 if dtype is MIXED else self.dtype_combo.findData(dtype))
-        allowed = FLOAT_BITWIDTHS if dtype == "float" or dtype is MIXED else INT_BITWIDTHS
+        allowed = self._allowed("float" if dtype is MIXED else dtype)
         self.bitwidth_combo.clear()
         for bw in allowed:
             self.bitwidth_combo.addItem(str(bw), bw)
@@ -266,6 +280,15 @@ class PrecisionEditor(QWidget):
         self.apply_button.setToolTip(f"Copy these settings (not the range) to every {first.kind} of a "
                                      f"{first.op_type} op, as one undoable edit")
         self.summary.setText(self._summary())
+        effects = self._project.rule_effects
+        ruled = [n for n in names if n in effects]
+        if len(names) == 1 and ruled:
+            self.rule_label.setText(f"Set by the target: {effects[ruled[0]].message}")
+        elif ruled:
+            self.rule_label.setText(f"{len(ruled)} of the {len(names)} selected tensors are set by the target's "
+                                    f"rules (see their rows' tooltips)")
+        else:
+            self.rule_label.clear()
 
     def _summary(self) -> str:
         if len(self._names) != 1:
@@ -276,12 +299,13 @@ class PrecisionEditor(QWidget):
         if enc.is_float:
             return f"float{enc.bw}: no scale or offset"
         kind = "symmetric" if enc.symmetric else "asymmetric"
+        bits = "int8 on a 7-bit grid" if enc.bw == 7 else f"int{enc.bw}"
         if enc.per_channel and len(enc.scale) > 1:
             scales = enc.scales
-            return (f"int{enc.bw} {kind}, {len(enc.scale)} channels (axis {enc.axis}): "
+            return (f"{bits} {kind}, {len(enc.scale)} channels (axis {enc.axis}): "
                     f"scale {scales.min():.4g}..{scales.max():.4g}, "
                     f"min {enc.min.min():.4g}, max {enc.max.max():.4g}")
-        return (f"int{enc.bw} {kind}: scale {enc.scale[0]:.4g}, offset {enc.offset[0]}, "
+        return (f"{bits} {kind}: scale {enc.scale[0]:.4g}, offset {enc.offset[0]}, "
                 f"min {float(enc.min[0]):.4g}, max {float(enc.max[0]):.4g}")
 
     # --- edits ------------------------------------------------------------------------------
@@ -301,7 +325,7 @@ class PrecisionEditor(QWidget):
         dtype = self.dtype_combo.itemData(i)
         if dtype is None:
             return
-        allowed = FLOAT_BITWIDTHS if dtype == "float" else INT_BITWIDTHS
+        allowed = self._allowed(dtype)
         changes = {"dtype": None if dtype == "int" else dtype}  # int is the default dtype
         # Keep an explicit bitwidth only if the new dtype supports it; otherwise use its default.
         if any(self._project.plan.edit(n).bw not in (None, *allowed) for n in self._names):

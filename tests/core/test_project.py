@@ -17,7 +17,8 @@ def test_events_and_incremental_encodings_match_full_derivation(project):
     project.subscribe(lambda event, names: events.append((event, names)))
     assert project.encodings["conv2_out"].bw == 8
     project.apply_edit(["conv2_out", "conv2.weight"], {"bw": 16})
-    assert events == [("plan", ["conv2_out", "conv2.weight"])]
+    # the edited tensors and the bias that follows their scales, so views refresh all three rows
+    assert events == [("plan", ["conv2.bias", "conv2.weight", "conv2_out"])]
     assert project.encodings == derive_encodings(project.index, project.stats, project.plan)
     assert project.encodings["conv2.bias"].scale[0] == pytest.approx(
         project.encoding("pool_out").scale[0] * project.encodings["conv2.weight"].scale[0]

@@ -41,4 +41,7 @@ def test_export_dialog_values(qtbot):
     qtbot.addWidget(dialog)
     dialog.version.setCurrentText("2.0.0")
     dialog.only_edited.setChecked(True)
-    assert dialog.values() == ("/tmp/x.json", "2.0.0", True)
+    assert dialog.values() == ("/tmp/x.json", "2.0.0", True, False)  # qnn-htp derives biases itself
+    on_cpu = ExportEncodingsDialog(None, "/tmp/x.json", "ort-cpu")
+    qtbot.addWidget(on_cpu)
+    assert on_cpu.values()[3] is True

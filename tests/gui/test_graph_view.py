@@ -94,9 +94,9 @@ def test_clicking_a_node_selects_its_tensors_and_colours_follow_sqnr(qtbot, wind
     assert graph.node_item(worst).brush().color().hueF() < 0.05
     assert graph.node_item(best).brush().color().hueF() > 0.25
     assert graph.node_item("pool").brush().color().saturationF() < 0.1
-    # an edit re-colours: 4-bit conv2 becomes the worst
+    # an edit re-colours: with 4-bit weights conv2 becomes the worst
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
-        window.project.apply_edit(["conv2_relu_out"], {"bw": 4})
+        window.project.apply_edit(["conv2.weight"], {"bw": 4})
     assert graph.node_item("conv2").brush().color().hueF() < 0.05
 
 

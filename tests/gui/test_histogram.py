@@ -195,15 +195,16 @@ def test_relu_zero_spike_runs_off_the_top(panel, project):
 
 
 def test_grid_only_where_sparse_and_tails_shaded(panel, project, stack):
-    panel.show_tensor("conv2_out")
-    assert panel.grid.xData is None or len(panel.grid.xData) == 0  # 256 lines: too dense
-    stack.push(EditTensors(["conv2_out"], bw=4))
-    enc = project.encoding("conv2_out")
+    panel.show_tensor("fc.weight")  # the targets run 4-bit weights (not activations)
+    stack.push(EditTensors(["fc.weight"], bw=4, per_channel=False))
+    enc = project.encoding("fc.weight")
     xs = np.unique(panel.grid.xData)
     assert 0 < len(xs) <= 16
     np.testing.assert_allclose(xs, (np.arange(16) + enc.offset[0])[: len(xs)] * enc.scale[0] + 0 * xs)
-    # Zooming in far enough shows the 8-bit grid too.
     stack.undo()
+    panel.show_tensor("conv2_out")
+    assert panel.grid.xData is None or len(panel.grid.xData) == 0  # 256 lines: too dense
+    # Zooming in far enough shows the 8-bit grid.
     lo, _ = panel.region()
     panel.plot.setXRange(lo, lo + 20 * project.encoding("conv2_out").scale[0], padding=0)
     assert 0 < len(np.unique(panel.grid.xData)) <= 64

@@ -47,14 +47,14 @@ def test_an_edit_changes_its_sqnr_and_only_reruns_downstream(qtbot, window):
     before = window.live_error.sqnr["conv2_relu_out"]
     upstream = window.live_error.sqnr["conv1_relu_out"]
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
-        window.stack.push(EditTensors(["conv2_relu_out"], bw=4))
+        window.stack.push(EditTensors(["conv2.weight"], bw=4))
     after = window.live_error.sqnr["conv2_relu_out"]
-    assert after < before - 10  # 4 bits lose about 24 dB
+    assert after < before - 10  # 4-bit weights lose about 24 dB there
     assert float(sqnr_cell(window, "conv2_relu_out")) == pytest.approx(after, abs=0.05)
     assert window.live_error.sqnr["conv1_relu_out"] == upstream
     assert window.live_error._comparer is comparer  # kept alive between edits
     last = comparer.last_update
-    assert "conv2_relu_out" in last["changed"]
+    assert "conv2.weight" in last["changed"]
     assert "conv1_relu_out" not in last["rerun"] and "logits" in last["rerun"]
     # undo is an edit too
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
@@ -67,21 +67,21 @@ def test_a_burst_of_edits_is_measured_once(qtbot, window):
     updates = []
     window.errorUpdated.connect(lambda: updates.append(1))
     for bw in (16, 4, 16, 4):
-        window.stack.push(EditTensors(["fc1_relu_out"], bw=bw))
+        window.stack.push(EditTensors(["fc1.weight"], bw=bw))
     qtbot.waitUntil(lambda: bool(updates) and not window.live_error.running, timeout=WAIT)
     qtbot.wait(300)  # nothing more comes
     assert len(updates) == 1
-    assert window.live_error.comparison.encodings["fc1_relu_out"].bw == 4
+    assert window.live_error.comparison.encodings["fc1.weight"].bw == 4
 
 
 def test_an_edit_during_a_run_replaces_it(qtbot, window):
     calibrated(qtbot, window)
     live = window.live_error
     before = live.sqnr["conv3_relu_out"]
-    window.project.apply_edit(["conv3_relu_out"], {"bw": 4})
+    window.project.apply_edit(["conv3.weight"], {"bw": 4})
     live.refresh_now()
     assert live._thread is not None
-    window.project.apply_edit(["conv3_relu_out"], {"bw": 16})
+    window.project.apply_edit(["conv3.weight", "conv3_relu_out"], {"bw": 16})
     live.refresh_now()  # cancels the running update; it restarts once that one has stopped
 
     def settled():

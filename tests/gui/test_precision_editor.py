@@ -102,7 +102,7 @@ def test_mixed_values_show_blank(editor, project, stack):
 
 def test_dtype_float_offers_float_bitwidths(editor, project, stack):
     editor.set_selection(["conv2_out"])
-    child(editor, QComboBox, "bitwidthCombo").setCurrentText("4")
+    child(editor, QComboBox, "bitwidthCombo").setCurrentText("16")
     dtype = child(editor, QComboBox, "dtypeCombo")
     dtype.setCurrentText("float")
     bitwidth = child(editor, QComboBox, "bitwidthCombo")
@@ -114,8 +114,13 @@ def test_dtype_float_offers_float_bitwidths(editor, project, stack):
     bitwidth.setCurrentText("32")
     assert project.encodings["conv2_out"].bw == 32
     dtype.setCurrentText("int")
-    assert combo_items(bitwidth) == ["4", "8", "16", "32"]
-    assert bitwidth.currentText() == "32" and not project.encodings["conv2_out"].is_float
+    assert combo_items(bitwidth) == ["8", "16"]  # what the target (qnn-htp) runs for activations
+    # int32 is not one of them, so the explicit 32 went back to the default
+    assert bitwidth.currentText() == "8" and not project.encodings["conv2_out"].is_float
+    editor.set_selection(["conv2.weight"])
+    assert combo_items(bitwidth) == ["4", "8", "16"]
+    editor.set_selection(["conv2.weight", "conv2_out"])  # only what both can take
+    assert combo_items(bitwidth) == ["8", "16"]
 
 
 def test_typed_range_commits_on_enter(editor, project, stack, qtbot):
@@ -148,13 +153,13 @@ def test_min_above_max_is_refused_with_a_message(editor, project, stack, message
 
 def test_a_refused_edit_shows_the_reason(editor, project, stack, messages, monkeypatch):
     def refuse(command):
-        raise ValueError("conv2_out: bitwidth 4 is not allowed here")
+        raise ValueError("conv2_out: bitwidth 16 is not allowed here")
 
     monkeypatch.setattr(stack, "push", refuse)
     editor.set_selection(["conv2_out"])
     combo = child(editor, QComboBox, "bitwidthCombo")
-    combo.setCurrentText("4")
-    assert messages == [("warning", "Edit refused", "conv2_out: bitwidth 4 is not allowed here")]
+    combo.setCurrentText("16")
+    assert messages == [("warning", "Edit refused", "conv2_out: bitwidth 16 is not allowed here")]
     assert combo.currentText() == "8"  # back to what the plan says
 
 

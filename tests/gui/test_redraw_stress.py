@@ -56,7 +56,7 @@ for i in range(redraws):
     if i % 50 == 0:
         panel.log_check.toggle()
     if i % 60 == 0:
-        stack.push(EditTensors(["logits"], bw=4 if i % 120 == 0 else 16))
+        stack.push(EditTensors(["logits"], bw=8 if i % 120 == 0 else 16))
     app.processEvents()
     if i % 6 == 0:
         panel.grab()

@@ -27,6 +27,8 @@ from ..quant.encoding import Encoding
 from ..errors import DataError
 from ..quant.qparams import complete_encodings, fake_quantize, onnx_qparams
 from ..progress import NullProgress, Progress, check_cancel
+from ..targets.cpu import cpu_label
+from .runtime import RuntimeCheck, RuntimeRun, explain
 from .simulate import Simulator, expose, make_session
 
 KEEP_VALUES = 4096  # values per tensor kept for histograms in reports
@@ -64,6 +66,7 @@ class Comparison:
     encodings: dict[str, Encoding] = field(default_factory=dict)
     values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # float, quantized samples
     seconds: float = 0.0
+    runtime: object | None = None  # runtime.RuntimeCheck when the exported model was run too
 
     def worst(self, n: int | None = None, kinds=("activation", "weight", "bias")) -> list[TensorError]:
         """Tensors by SQNR, worst first (exact tensors last)."""
@@ -76,9 +79,17 @@ class Comparison:
             "samples": self.samples,
             "accuracy": None if self.accuracy_float is None else {
                 "float": self.accuracy_float, "quantized": self.accuracy_quantized},
-            "outputs": [o.to_dict() for o in self.outputs.values()],
+            "outputs": [self._output_dict(o) for o in self.outputs.values()],
             "tensors": [t.to_dict() for t in self.worst()],
+            **({"runtime": self.runtime.to_dict()} if self.runtime is not None else {}),
         }
+
+    def _output_dict(self, o: TensorError) -> dict:
+        d = o.to_dict()
+        if self.runtime is not None:
+            v = self.runtime.outputs.get(o.name)
+            d["runtime_sqnr_db"] = v if v is not None and math.isfinite(v) else None
+        return d
 
 
 def encoding_label(enc: Encoding | None) -> str:
@@ -283,9 +294,13 @@ def _comparison(run: _Run, tensors, constants, new_constants, samples, started) 
 
 
 def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress | None = None,
-            samples: int | None = None, batch_size: int = 8, providers=None) -> Comparison:
+            samples: int | None = None, batch_size: int = 8, providers=None, runtime: bool = False,
+            target=None) -> Comparison:
     """Run float and quantized side by side over the first `samples` samples of `data` (all by default).
 
+    With `runtime`, the QDQ model exported for `target` also runs in onnxruntime with its default
+    session options on the same batches (`runtime.RuntimeRun`); `Comparison.runtime` then holds
+    its output SQNRs next to the simulated ones and the known causes of a gap.
     Cancellation is checked between batches (raises `Cancelled`).
     """
     started = time.perf_counter()
@@ -300,6 +315,8 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
     float_session = _float_session(index, wanted, providers)
     sim = Simulator(index, encodings, names=wanted, providers=providers)
     run = _Run(index, sim.encodings, names, outputs)
+    exported = RuntimeRun(index, encodings, target=target, providers=providers) if runtime else None
+    measured = {n: _Acc() for n in outputs}
     done = 0
     try:
         for count, feeds, labels in batches:
@@ -307,13 +324,26 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
             f = _run_float(float_session, feeds, wanted)
             q = dict(zip(wanted, sim.run(feeds, wanted)))
             run.add(f, q, count, labels)
+            if exported is not None:
+                for n, value in zip(outputs, exported.run(feeds, outputs)):
+                    measured[n].add(f[n], value)
             done += count
             progress.update(done, batches.total, "comparing")
     finally:
         sim.close()
+        if exported is not None:
+            exported.close()
     constant_names = index.weights() + index.biases()
     constants = _constant_errors(index, sim.encodings, constant_names)
-    return _comparison(run, run.tensors(), constants, constant_names, done, started)
+    comparison = _comparison(run, run.tensors(), constants, constant_names, done, started)
+    if exported is not None:
+        check = RuntimeCheck(exported.target, exported.providers, cpu_label(),
+                             {n: sqnr_db(a.signal, a.noise) for n, a in measured.items()},
+                             {n: o.sqnr_db for n, o in comparison.outputs.items()}, notes=exported.notes)
+        if not check.agrees():
+            check.causes = explain(index, sim.encodings, providers)
+        comparison.runtime = check
+    return comparison
 
 
 class Comparer:

@@ -2,6 +2,13 @@
 
 Writers take derived encodings; the reader returns encodings by tensor name, checked against the
 model, for the plan to apply as a partial override (what the QNN converter does with such a file).
+
+What goes in a file depends on the target (`file_encodings`): under qnn-htp bias encodings are left
+out unless a bias was edited or they are asked for, because AIMET's default configuration keeps
+bias quantizers disabled and the converter derives int32 biases itself (AIMET's strict loader
+refuses a file that has them). Every file names its producer and target in a "producer" object,
+which AIMET writes too and the readers ignore. A weight a target keeps on a 7-bit grid is written
+as the 8-bit encoding with the same scale (the same grid points; QNN and AIMET take no 7-bit).
 """
 from __future__ import annotations
 
@@ -10,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
+from ... import __version__
 from ..errors import OverridesError
+from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
+from ..targets.profiles import get_target
 from .files import atomic_write, read_json
 
 VERSIONS = ("0.6.1", "1.0.0", "2.0.0")
@@ -68,20 +77,54 @@ def _entry_2_0_0(name: str, e: Encoding) -> dict:
     return entry
 
 
+def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited=(), only_edited: bool = False,
+                   bias_encodings: bool | None = None) -> dict[str, Encoding]:
+    """The encodings an overrides file for `target` holds: all of them, or only the `edited` tensors,
+    without the bias encodings the target derives itself (unless a bias was edited or
+    `bias_encodings` asks for them; None takes the target's default)."""
+    edited = set(edited)
+    keep_biases = get_target(target).bias_encodings if bias_encodings is None else bias_encodings
+    out = {}
+    for name, enc in encodings.items():
+        if only_edited and name not in edited:
+            continue
+        t = index.targets.get(name)
+        if t is not None and t.kind == "bias" and not keep_biases and name not in edited:
+            continue
+        out[name] = enc
+    return out
+
+
+def _for_file(e: Encoding) -> Encoding:
+    """A 7-bit weight grid as the 8-bit encoding with the same scale (same points, a bitwidth QNN takes)."""
+    if e.is_float or e.bw != 7:
+        return e
+    return e.with_changes(bw=8, offset=(-128,) * len(e.offset))
+
+
+def _producer(target: str | None) -> dict:
+    producer = {"package": "qinspect", "version": __version__}
+    if target is not None:
+        producer["target"] = get_target(target).name
+    return producer
+
+
 def overrides_dict(
     encodings: dict[str, Encoding],
     kinds: dict[str, str],
     version: str = DEFAULT_VERSION,
     quantizer_args: dict | None = None,
+    target: str | None = None,
 ) -> dict:
     """The JSON document for `encodings`; `kinds` maps each name to activation/weight/bias."""
     if version not in VERSIONS:
         raise OverridesError(f"unknown overrides version {version!r}; use one of {VERSIONS}")
+    encodings = {n: _for_file(e) for n, e in encodings.items()}
     if version == "2.0.0":
         # fp16/fp32 tensors get no entry: a missing entry means "not quantized" (spec 3.4).
         entries = [_entry_2_0_0(n, e) for n, e in encodings.items() if not e.is_float]
-        return {"version": "2.0.0", "producer": {"package": "qinspect"}, "encodings": entries}
-    doc: dict = {"version": version}
+        return {"version": "2.0.0", "producer": _producer(target), "encodings": entries}
+    doc: dict = {"version": version, "producer": _producer(target)}
     if version == "0.6.1":
         doc["activation_encodings"], doc["param_encodings"] = {}, {}
         for name, e in encodings.items():
@@ -100,9 +143,10 @@ def overrides_dict(
     return doc
 
 
-def write_overrides(path, encodings, kinds, version=DEFAULT_VERSION, quantizer_args=None, protect=()) -> Path:
+def write_overrides(path, encodings, kinds, version=DEFAULT_VERSION, quantizer_args=None, protect=(),
+                    target: str | None = None) -> Path:
     """Write an overrides file atomically."""
-    doc = overrides_dict(encodings, kinds, version, quantizer_args)
+    doc = overrides_dict(encodings, kinds, version, quantizer_args, target)
     return atomic_write(path, json.dumps(doc, indent=2) + "\n", protect=protect)
 
 

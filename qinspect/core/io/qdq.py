@@ -45,6 +45,8 @@ from .files import atomic_write, check_target, write_error
 from ..graph.edit import Block, NameMaker, all_graphs, constants_to_initializers, convert_opset, elem_type, insert_blocks
 from ..graph.edit import opset_of
 from ..quant.qparams import _along, _int_tensor, _param_tensors, complete_encodings, onnx_qparams, quantize_constant
+from ..targets.cpu import saturating_weights, saturation_message
+from ..targets.profiles import get_target
 
 OPSET_8BIT = 13
 OPSET_WIDE = 21  # int16/uint16/int4/uint4 QuantizeLinear and DequantizeLinear
@@ -91,10 +93,11 @@ def _summarize(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, ExportReport]:
+def _build(index, encodings: dict[str, Encoding], target: str | None = None) -> tuple[onnx.ModelProto, ExportReport]:
     label = index.path or "the in-memory model"
     encodings = complete_encodings(index, encodings)
     report = ExportReport(None, 0, 0)
+    target_name = get_target(target).name
     unknown = [n for n in encodings if n not in index.targets]
     if unknown:
         report.warnings.append(f"{len(unknown)} encoding(s) name no quantizer position and were ignored: "
@@ -236,6 +239,11 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
 
     insert_blocks(model, blocks, names)
     _replace_constants(model, const_blocks)
+    _stamp(model, target_name)
+    saturation = saturation_message(saturating_weights(index, encodings), target_name)
+    if saturation:
+        kind, text = saturation.split(": ", 1)
+        (report.warnings if kind == "warning" else report.notes).append(text)
 
     if report.missing:
         report.notes.append(f"{len(report.missing)} tensor(s) have no encoding and stay float: {_summarize(report.missing)}")
@@ -252,6 +260,17 @@ def _build(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, Expo
         report.warnings.append(f"bias values overflow int32 and were clipped (input scale x weight scale is too "
                                f"small for them): {_summarize(overflow)}")
     return model, report
+
+
+def _stamp(model: onnx.ModelProto, target: str) -> None:
+    """Name the producer and the target in the model's metadata (Netron shows it)."""
+    from ... import __version__
+
+    model.producer_name, model.producer_version = "qinspect", __version__
+    props = {p.key: p.value for p in model.metadata_props}
+    props["qinspect.target"] = target
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
 
 
 def _replace_constants(model: onnx.ModelProto, const_blocks: dict[str, tuple]) -> None:
@@ -280,14 +299,15 @@ def _replace_constants(model: onnx.ModelProto, const_blocks: dict[str, tuple]) -
         g.node.extend(nodes + rest)
 
 
-def build_qdq_model(index, encodings: dict[str, Encoding]) -> tuple[onnx.ModelProto, list[str]]:
+def build_qdq_model(index, encodings: dict[str, Encoding], target: str | None = None
+                    ) -> tuple[onnx.ModelProto, list[str]]:
     """The QDQ model of `encodings` on `index`, and warnings and notes for the user."""
-    model, report = _build(index, encodings)
+    model, report = _build(index, encodings, target)
     return model, report.warnings + report.notes
 
 
 def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progress: Progress | None = None,
-               external_data: bool | None = None) -> ExportReport:
+               external_data: bool | None = None, target: str | None = None) -> ExportReport:
     """Write the QDQ model atomically to `path`; the input model and `protect` are never overwritten.
 
     `external_data`: None decides by itself (when the input model had external data, or the model
@@ -297,7 +317,7 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
     """
     progress = progress or NullProgress()
     progress.update(0, 3, "building the QDQ model")
-    model, report = _build(index, encodings)
+    model, report = _build(index, encodings, target)
     check_cancel(progress)
     path = Path(path)
     in_files = _external_input_files(index)
@@ -319,6 +339,22 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
     report.path = path
     progress.update(3, 3, "done")
     return report
+
+
+def save_model(index, path, *, protect=()) -> Path:
+    """Write the model `index` holds (the float model as the target runs it: BatchNormalization
+    folded) atomically, with external data when the input had them or it is over 1 GB."""
+    path = Path(path)
+    model = onnx.ModelProto()
+    model.CopyFrom(index.model)
+    in_files = _external_input_files(index)
+    protect = [p for p in (index.path, *in_files, *protect) if p]
+    source_dir = getattr(index, "external_dir", None)
+    if in_files or source_dir or model.ByteSize() > EXTERNAL_DATA_BYTES:
+        _save_external(model, path, protect, source_dir, check_file=bool(source_dir))
+    else:
+        atomic_write(path, model.SerializeToString(), protect=protect)
+    return path
 
 
 def _check_output(model) -> None:

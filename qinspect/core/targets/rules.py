@@ -130,7 +130,7 @@ def _weight_grid(target, index, name, s, settings_of):
     group = _group_of(index, name)
     if group is None or group.op_type not in grid.ops or group.weight != name or not group.input:
         return s, None
-    if grid.exempt_depthwise and _depthwise(index, group):
+    if grid.exempt_depthwise and is_depthwise(index, group):
         return s, None
     if precision(s) != (INT, grid.weight_bw) or not _signed(s):
         return s, None
@@ -145,7 +145,7 @@ def _weight_grid(target, index, name, s, settings_of):
         "weight-grid", msg)
 
 
-def _depthwise(index, group) -> bool:
+def is_depthwise(index, group) -> bool:
     if group.op_type != "Conv":
         return False
     node = index.nodes[group.node]
