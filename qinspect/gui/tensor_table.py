@@ -4,6 +4,10 @@
 cached per row, so opening a model with thousands of tensors only computes the rows on screen.
 Project events invalidate the cache: "model"/"stats" reset the table, "plan" refreshes only the
 rows whose encodings changed (the edited tensors and the biases derived from them).
+
+Bitwidth, Dtype and Scheme show what the target runs. Where a target rule set them (QNN's float
+rule, a 7-bit weight grid, a fixed output encoding) they are in blue italics and the tooltip says
+which rule and why; the user's own edits are bold.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.plan import resolve
+from ..core.targets.rules import precision
+
 COLUMNS = ("Name", "Op", "Kind", "Shape", "Min", "Max", "Enc min", "Enc max", "Bitwidth", "Dtype", "Scheme",
            "Clipped", "SQNR")
 NAME, OP, KIND, SHAPE, MIN, MAX, ENC_MIN, ENC_MAX, BW, DTYPE, SCHEME, CLIPPED, SQNR = range(len(COLUMNS))
@@ -54,6 +61,12 @@ _WARN_BG, _WARN_FG = QBrush(QColor("#ffe0b2")), QBrush(QColor("#8a4b00"))  # amb
 _BAD_BG, _BAD_FG = QBrush(QColor("#ffcdd2")), QBrush(QColor("#8b0000"))    # red: NaN/Inf seen
 _BOLD = QFont()
 _BOLD.setBold(True)
+_RULE_FG = QBrush(QColor("#1a4f8b"))  # blue: set by a target rule
+_ITALIC, _BOLD_ITALIC = QFont(), QFont()
+_ITALIC.setItalic(True)
+_BOLD_ITALIC.setBold(True)
+_BOLD_ITALIC.setItalic(True)
+RULE_COLUMNS = frozenset({BW, DTYPE, SCHEME})
 
 
 def _num(value: float | None) -> str:
@@ -172,7 +185,10 @@ class TensorTableModel(QAbstractTableModel):
         if role == _TOOLTIP:
             return self._tooltip(row)
         if role == _FONT:
-            return _BOLD if name in self._project.plan.edits else None
+            edited = name in self._project.plan.edits
+            if col in RULE_COLUMNS and name in self._project.rule_effects:
+                return _BOLD_ITALIC if edited else _ITALIC
+            return _BOLD if edited else None
         if role == _ALIGNMENT:
             return _RIGHT if col in NUMERIC else None
         if role == _BACKGROUND or role == _FOREGROUND:
@@ -231,7 +247,7 @@ class TensorTableModel(QAbstractTableModel):
     def _derive(self, name: str) -> _Row:
         project = self._project
         target = project.index.targets[name]
-        settings = project.plan.settings(target.kind, name)
+        settings, effect = resolve(project.index, project.plan, name)  # what the target runs
         stats = project.stats.get(name)
         values = project.index.initializer(name) if target.kind != "activation" else None
         lo = hi = None
@@ -267,12 +283,18 @@ class TensorTableModel(QAbstractTableModel):
                 enc_hi_text += f"  per-channel ({channels})"
             half = enc.scales / 2  # values within half a step of the ends round onto the grid
             clipped = self._clipped(stats, values, enc, mins - half, maxs + half)
+        dtype, bw = precision(settings)
+        if effect is not None and effect.rule == "fixed-output":
+            scheme = "fixed"
+        elif settings.encoding is not None and name in project.plan.edits:
+            scheme = "imported"
+        else:
+            scheme = settings.scheme
         texts = ["", target.op_type, target.kind, _shape(target.shape), _num(lo), _num(hi), enc_lo_text,
-                 enc_hi_text, str(settings.bw), settings.dtype,
-                 "imported" if settings.encoding is not None else settings.scheme,
+                 enc_hi_text, "8 (7-bit grid)" if bw == 7 else str(bw), dtype, scheme,
                  "" if clipped is None else f"{100 * clipped:.2f}%", ""]
-        keys = [None, target.op_type, target.kind, texts[SHAPE], lo, hi, enc_lo, enc_hi, settings.bw,
-                settings.dtype, texts[SCHEME], clipped, None]
+        keys = [None, target.op_type, target.kind, texts[SHAPE], lo, hi, enc_lo, enc_hi, bw,
+                dtype, texts[SCHEME], clipped, None]
         return _Row(texts, keys, nonfinite, clipped, channels, enc.axis if channels else None)
 
     @staticmethod
@@ -307,9 +329,14 @@ class TensorTableModel(QAbstractTableModel):
             lines.append(f"\u26a0 {100 * derived.clipped:.2f}% of the values fall outside the encoding")
         if name in self._project.plan.edits:
             lines.append("edited in the precision plan")
+        effect = self._project.rule_effects.get(name)
+        if effect is not None:
+            lines.append(f"set by the target: {effect.message}")
         return "\n".join(lines)
 
     def _flag(self, row: int, col: int, background: bool):
+        if col in RULE_COLUMNS and not background and self._names[row] in self._project.rule_effects:
+            return _RULE_FG
         derived = self._row(row)
         if derived.nonfinite and col in (NAME, MIN, MAX):
             return _BAD_BG if background else _BAD_FG

@@ -19,7 +19,7 @@ import numpy as np
 
 from ... import __version__
 from ..errors import OverridesError
-from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, encoding_from_min_max, float_encoding
+from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, derived_bias, encoding_from_min_max, float_encoding
 from ..targets.profiles import get_target
 from .files import atomic_write, read_json
 
@@ -80,8 +80,9 @@ def _entry_2_0_0(name: str, e: Encoding) -> dict:
 def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited=(), only_edited: bool = False,
                    bias_encodings: bool | None = None) -> dict[str, Encoding]:
     """The encodings an overrides file for `target` holds: all of them, or only the `edited` tensors,
-    without the bias encodings the target derives itself (unless a bias was edited or
-    `bias_encodings` asks for them; None takes the target's default)."""
+    without the int32 bias encodings the target derives itself from input x weight scale (unless a
+    bias was edited or `bias_encodings` asks for them; None takes the target's default). A bias a
+    rule made float is written: the converter must be told."""
     edited = set(edited)
     keep_biases = get_target(target).bias_encodings if bias_encodings is None else bias_encodings
     out = {}
@@ -89,8 +90,10 @@ def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited
         if only_edited and name not in edited:
             continue
         t = index.targets.get(name)
-        if t is not None and t.kind == "bias" and not keep_biases and name not in edited:
-            continue
+        if t is not None and t.kind == "bias" and not keep_biases and name not in edited and t.bias_inputs:
+            act, weight = t.bias_inputs
+            if enc == derived_bias(encodings.get(index.encoding_source(act)), encodings.get(weight)):
+                continue
         out[name] = enc
     return out
 

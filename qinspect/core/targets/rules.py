@@ -205,7 +205,8 @@ def refusal(target: Target, index, name: str, s) -> str | None:
         ok = ", ".join(f"{d}{b}" for d, b in sorted(supported))
         others = [o.name for o in TARGETS.values() if o is not target and (dtype, bw) in o.supported(t.kind, t.op_type)]
         alt = f", or choose the {' or '.join(others)} target" if others else ""
-        return f"{name}: {dtype}{bw} {t.kind}s do not run on {target.name} ({why}); use {ok}{alt}"
+        kinds = {"activation": "activations", "weight": "weights", "bias": "biases"}[t.kind]
+        return f"{name}: {dtype}{bw} {kinds} do not run on {target.name} ({why}); use {ok}{alt}"
     fixed = target.fixed_output(t.op_type, bw, s.symmetric) or t.op_type in target.fixed_ranges
     if t.kind == "activation" and s.range is not None and dtype == INT and fixed:
         return (f"{name}: {target.name} fixes the encoding of {t.op_type} outputs at {bw} bits; change its bitwidth "
