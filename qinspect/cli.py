@@ -257,7 +257,7 @@ def run_compare(args) -> int:
 
         out = write_report(args.output, result, protect=[args.model, args.encodings, args.data],
                            model=args.model, data=args.data, encodings_file=args.encodings,
-                           sensitivity=ranking, sensitivity_info=info)
+                           sensitivity=ranking, sensitivity_info=info, target=args.target)
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
     if result.runtime is not None:

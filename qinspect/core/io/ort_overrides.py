@@ -31,6 +31,7 @@ FORMAT = "onnxruntime-tensor-quant-overrides"
 QUANT_TYPES = {  # (bits, signed) -> onnxruntime QuantType name
     (4, False): "QUInt4", (4, True): "QInt4", (8, False): "QUInt8", (8, True): "QInt8",
     (16, False): "QUInt16", (16, True): "QInt16",
+    (7, True): "QInt8",  # a 7-bit weight grid in int8: onnxruntime quantizes the weight with our scale
 }
 _NP = {"QUInt4": np.uint8, "QInt4": np.int8, "QUInt8": np.uint8, "QInt8": np.int8,
        "QUInt16": np.uint16, "QInt16": np.int16}

@@ -172,11 +172,12 @@ def sensitivity_section(ranking, info: dict | None = None) -> list[str]:
 
 def report_html(comparison, *, title: str = "qinspect: float vs quantized", model: str | None = None,
                 data: str | None = None, encodings_file: str | None = None, histograms: int = 6,
-                sensitivity=None, sensitivity_info: dict | None = None) -> str:
-    """`sensitivity`: a ranking from `sensitivity.sensitivity`, shown after the outputs when given."""
+                sensitivity=None, sensitivity_info: dict | None = None, target: str | None = None) -> str:
+    """`sensitivity`: a ranking from `sensitivity.sensitivity`, shown after the outputs when given.
+    With a runtime check in `comparison`, its output SQNRs stand next to the simulated ones."""
     c = comparison
     head = [f"<h1>{html.escape(title)}</h1>", "<p>"]
-    for label, value in (("model", model), ("encodings", encodings_file), ("data", data)):
+    for label, value in (("model", model), ("encodings", encodings_file), ("data", data), ("target", target)):
         if value:
             head.append(f"{label}: <code>{html.escape(str(value))}</code><br>")
     head.append(f"samples: {c.samples} &middot; {time.strftime('%Y-%m-%d %H:%M')}</p>")
@@ -187,6 +188,8 @@ def report_html(comparison, *, title: str = "qinspect: float vs quantized", mode
     header = ("<tr><th>tensor</th><th>kind</th><th>encoding</th><th>SQNR dB</th>{}<th>rel. error</th>"
               "<th>max abs error</th></tr>")
     body = ["<h2>Model outputs</h2><table>", header.format(""), _rows(c.outputs.values(), False), "</table>"]
+    if c.runtime is not None:
+        body.append("<h2>Runtime check</h2><pre>" + html.escape("\n".join(c.runtime.lines())) + "</pre>")
     if sensitivity is not None:
         body += sensitivity_section(sensitivity, sensitivity_info)
     worst = c.worst()
