@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from ..core.commands import EditTensors
+from ..core.plan import resolve
 from ..core.quant.encoding import Encoding, compute_encoding
 from ..core.quant.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
 from ..core.quant.stats import DEFAULT_BINS, TensorStats
@@ -429,7 +430,7 @@ class HistogramPanel(QWidget):
             kind = "symmetric" if encoding.symmetric else "asymmetric"
             if len(encoding.scale) > 1:
                 kind += f", per channel ({len(encoding.scale)})"
-            parts.append(f"int{encoding.bw} {kind}")
+            parts.append(("int8 on a 7-bit grid" if encoding.bw == 7 else f"int{encoding.bw}") + f" {kind}")
             if len(encoding.scale) > 1 and channel < 0:
                 parts.append("pick a channel for its grid (per-channel ranges cannot be dragged)")
         return " · ".join(parts)
@@ -463,9 +464,10 @@ class HistogramPanel(QWidget):
 
     # --- dragging --------------------------------------------------------------------------
     def _snap(self, lo: float, hi: float) -> Encoding:
-        """The encoding the plan will make of the range [lo, hi]: same settings, same grid rules."""
+        """The encoding the plan will make of the range [lo, hi]: same settings as the target runs
+        them (a 7-bit weight grid, say), same grid rules."""
         source = self._source()
-        settings = self.project.plan.settings(self._target().kind, source)
+        settings = resolve(self.project.index, self.project.plan, source)[0]
         defaults = self.project.plan.defaults
         bw, symmetric, strict = settings.bw, settings.symmetric, settings.strict
         if settings.encoding is not None:  # an imported encoding: keep its bitwidth and symmetry
@@ -500,9 +502,10 @@ class HistogramPanel(QWidget):
                 self._redraw(reset_view=False)  # nothing changed: put the region back on the grid
                 return
             changes = {"range": snapped}
-            if self.project.plan.settings(self._target().kind, source).encoding is not None:
+            imported = self.project.plan.settings(self._target().kind, source).encoding
+            if imported is not None:
                 # An exact (imported) encoding wins over a range: replace it, keeping its bitwidth.
-                changes.update(encoding=None, bw=enc.bw, symmetric=enc.symmetric)
+                changes.update(encoding=None, bw=imported.bw, symmetric=imported.symmetric)
             self.stack.push(EditTensors([source], **changes))
         except ValueError as e:
             notify(self, "error", "Cannot set this range", str(e))

@@ -311,7 +311,11 @@ class MainWindow(FileActionsMixin, QMainWindow):
             return False
         if encodings:
             changes = {name: {"encoding": enc} for name, enc in encodings.items()}
-            self.stack.push(SetEdits(changes, f"import {Path(path).name}"))
+            try:
+                self.stack.push(SetEdits(changes, f"import {Path(path).name}"))
+            except ValueError as exc:  # what the target cannot run: nothing was imported
+                messages.notify(self, "error", "Cannot import encodings", f"{path}: {exc}")
+                return False
         if warnings:
             messages.notify(self, "warning", "Some entries were ignored", "\n".join(warnings[:20]))
         return True

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from qinspect.core.commands import EditTensors
+from qinspect.core.plan import resolve
 from qinspect.core.quant.ranges import SCHEMES
 from qinspect.core.targets.profiles import get_target
 
@@ -32,6 +33,7 @@ MIXED = object()  # marker for a field whose value differs across the selection
 # Fields "apply to all ops of this type" copies; a typed range or imported encoding is per tensor.
 COPIED_FIELDS = ("bw", "dtype", "scheme", "symmetric", "strict", "unsigned", "per_channel", "percentile")
 ALL_FIELDS = COPIED_FIELDS + ("range", "encoding")
+PLURAL = {"activation": "activations", "weight": "weights", "bias": "biases"}
 
 
 def _common(values):
@@ -176,7 +178,7 @@ class PrecisionEditor(QWidget):
             messages.notify(self, "info", "Nothing to apply",
                             "The selected tensors differ in every setting; select tensors that agree.")
             return
-        label = f"apply settings to all {len(names)} {first.op_type} {first.kind}s"
+        label = f"apply settings to all {len(names)} {first.op_type} {PLURAL[first.kind]}"
         self._push(names=names, label=label, **changes)
 
     def refresh(self) -> None:
@@ -224,7 +226,8 @@ class PrecisionEditor(QWidget):
             return
         targets = self._targets_dict()
         plan = self._project.plan
-        settings = [plan.settings(targets[n].kind, n) for n in names]
+        # What the target runs: a rule's dtype or bitwidth shows here too, and ruleLabel says why.
+        settings = [resolve(self._project.index, plan, n)[0] for n in names]
         edits = [plan.edit(n) for n in names]
         self.selection_label.setText(names[0] if len(names) == 1 else f"{len(names)} tensors selected")
         self.selection_label.setToolTip("\n".join(names[:50]) + ("\n..." if len(names) > 50 else ""))
@@ -276,7 +279,7 @@ class PrecisionEditor(QWidget):
         self.max_edit.setEnabled(is_int)
 
         first = targets[names[0]]
-        self.apply_button.setText(f"Apply to all {first.op_type} {first.kind}s")
+        self.apply_button.setText(f"Apply to all {first.op_type} {PLURAL[first.kind]}")
         self.apply_button.setToolTip(f"Copy these settings (not the range) to every {first.kind} of a "
                                      f"{first.op_type} op, as one undoable edit")
         self.summary.setText(self._summary())

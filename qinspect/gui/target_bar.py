@@ -95,7 +95,7 @@ class Verifier(QObject):
 
         def done(comparison):
             self.running = False
-            self._show(comparison.runtime)
+            self._show(comparison.runtime, comparison.samples)
             self.finished.emit(comparison)
 
         def stopped():
@@ -107,11 +107,12 @@ class Verifier(QObject):
         self._start(job, "runtime check", done, stopped)
         return True
 
-    def _show(self, check) -> None:
+    def _show(self, check, samples: int) -> None:
         worst = min(check.outputs.values(), default=math.nan)
         sim = min(check.simulated.values(), default=math.nan)
         ok = check.agrees()
-        self.label.setText(f"onnxruntime {_db(worst)} dB · simulated {_db(sim)} dB" + ("" if ok else " \u26a0"))
+        self.label.setText(f"onnxruntime {_db(worst)} dB · simulated {_db(sim)} dB on {samples} samples"
+                           + ("" if ok else " \u26a0") + " |")
         self.label.setStyleSheet("" if ok else "color: #8b0000;")
         text = "\n".join(check.lines() + [f"note: {n}" for n in check.notes[:6]])
         messages.notify(self._parent, "info" if ok else "warning",

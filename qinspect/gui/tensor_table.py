@@ -66,7 +66,8 @@ _ITALIC, _BOLD_ITALIC = QFont(), QFont()
 _ITALIC.setItalic(True)
 _BOLD_ITALIC.setBold(True)
 _BOLD_ITALIC.setItalic(True)
-RULE_COLUMNS = frozenset({BW, DTYPE, SCHEME})
+RULE_COLUMNS = {"float-group": (BW, DTYPE), "weight-grid": (BW,), "fixed-output": (SCHEME,),
+                "per-tensor": (ENC_MIN, ENC_MAX)}  # the cells each rule sets
 
 
 def _num(value: float | None) -> str:
@@ -186,7 +187,7 @@ class TensorTableModel(QAbstractTableModel):
             return self._tooltip(row)
         if role == _FONT:
             edited = name in self._project.plan.edits
-            if col in RULE_COLUMNS and name in self._project.rule_effects:
+            if self._ruled(name, col):
                 return _BOLD_ITALIC if edited else _ITALIC
             return _BOLD if edited else None
         if role == _ALIGNMENT:
@@ -334,8 +335,12 @@ class TensorTableModel(QAbstractTableModel):
             lines.append(f"set by the target: {effect.message}")
         return "\n".join(lines)
 
+    def _ruled(self, name: str, col: int) -> bool:
+        effect = self._project.rule_effects.get(name)
+        return effect is not None and col in RULE_COLUMNS.get(effect.rule, ())
+
     def _flag(self, row: int, col: int, background: bool):
-        if col in RULE_COLUMNS and not background and self._names[row] in self._project.rule_effects:
+        if not background and self._ruled(self._names[row], col):
             return _RULE_FG
         derived = self._row(row)
         if derived.nonfinite and col in (NAME, MIN, MAX):

@@ -68,3 +68,20 @@ def test_verify_runs_the_export_in_onnxruntime_and_reports_it(qtbot, window, mes
 def test_verify_before_calibration_says_what_to_do(window, messages):
     assert not window.verifier.run()
     assert messages[-1][:2] == ("warning", "Nothing to verify") and "Calibrate" in messages[-1][2]
+
+
+def test_an_imported_file_the_target_cannot_run_is_refused_whole(qtbot, window, messages, tmp_path):
+    import json
+
+    window.findChild(QComboBox, "targetCombo").setCurrentText("ort-cpu")
+    path = tmp_path / "int4.json"
+    path.write_text(json.dumps({"version": "1.0.0", "param_encodings": [], "activation_encodings": [
+        {"name": "conv1_relu_out", "dtype": "INT", "enc_type": "PER_TENSOR", "bw": 4, "is_sym": False,
+         "scale": [0.2], "offset": [0]},
+        {"name": "logits", "dtype": "INT", "enc_type": "PER_TENSOR", "bw": 8, "is_sym": False,
+         "scale": [0.2], "offset": [-100]}]}))
+    assert not window.import_encodings(path)
+    level, title, text = messages[-1]
+    assert (level, title) == ("error", "Cannot import encodings")
+    assert "conv1_relu_out: int4 activations do not run on ort-cpu" in text
+    assert window.project.plan.edited() == []  # not half of it either
