@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from ..core.commands import CommandStack, SetEdits
 from ..core.errors import QInspectError
+from ..core.plan import refusals
 from ..core.project import Project
 from . import messages, settings
 from .error_panel import LiveError
@@ -292,6 +293,10 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.project.plan = loaded.plan
         self.project.set_stats(loaded.stats, loaded.samples, loaded.data_spec, loaded.data_options)
         self.stack.clear()
+        problems = refusals(loaded.index, loaded.plan)
+        if problems:  # saved before a rule existed, or by a script: say so rather than refuse the session
+            messages.notify(self, "warning", f"The session holds settings {loaded.plan.target} cannot run",
+                            "\n".join(problems[:15]) + "\nChange them (or the target) before you export.")
         return True
 
     def save_session(self, path) -> bool:

@@ -47,6 +47,7 @@ from ..graph.edit import opset_of
 from ..quant.qparams import _along, _int_tensor, _param_tensors, complete_encodings, onnx_qparams, quantize_constant
 from ..targets.cpu import saturating_weights, saturation_message
 from ..targets.profiles import get_target
+from ..targets.rules import unsupported
 
 OPSET_8BIT = 13
 OPSET_WIDE = 21  # int16/uint16/int4/uint4 QuantizeLinear and DequantizeLinear
@@ -240,6 +241,8 @@ def _build(index, encodings: dict[str, Encoding], target: str | None = None) -> 
     insert_blocks(model, blocks, names)
     _replace_constants(model, const_blocks)
     _stamp(model, target_name)
+    for problem in unsupported(get_target(target_name), index, encodings):
+        report.warnings.append(problem)
     saturation = saturation_message(saturating_weights(index, encodings), target_name)
     if saturation:
         kind, text = saturation.split(": ", 1)

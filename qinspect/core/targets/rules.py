@@ -216,3 +216,19 @@ def refusal(target: Target, index, name: str, s) -> str | None:
         return f"{name}: {target.name} takes per-tensor {t.op_type} weights only; use one encoding for the tensor"
     return None
 
+
+def unsupported(target: Target, index, encodings) -> list[str]:
+    """Encodings `target` cannot run (an export's check of what reached it without an edit-time check:
+    a script's plan, an old session), one line each with the fix."""
+    problems = []
+    for name, enc in encodings.items():
+        t = index.targets.get(name)
+        if t is None or getattr(t, "existing", None) is not None:
+            continue
+        dtype, bw = (FLOAT, enc.bw) if enc.is_float else (INT, 8 if enc.bw == 7 else enc.bw)
+        supported = target.supported(t.kind, t.op_type)
+        if (dtype, bw) not in supported:
+            why = target.no_support_why.get((t.kind, dtype, bw), f"{target.title} does not run them")
+            ok = ", ".join(f"{d}{b}" for d, b in sorted(supported))
+            problems.append(f"{name}: {dtype}{bw} does not run on {target.name} ({why}); use {ok}")
+    return problems

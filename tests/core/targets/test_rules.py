@@ -297,3 +297,12 @@ def test_target_switch_is_undoable_saved_in_sessions_and_refused_when_it_cannot_
     with pytest.raises(ValueError, match="qnn-htp cannot run the current plan: conv2.bias: int16 biases"):
         stack.push(SetTarget("qnn-htp"))
     assert project.target == "ort-cpu"
+
+
+def test_an_export_warns_about_what_the_target_cannot_run(calibrated):
+    index, stats, _ = calibrated(target="ort-cpu")
+    plan = PrecisionPlan(target="ort-cpu")
+    plan.set("relu1_out", bw=4)  # a script's plan is not checked at edit time
+    enc = derive_encodings(index, stats, plan)
+    _, lines = build_qdq_model(index, enc, "ort-cpu")
+    assert any(line.startswith("relu1_out: int4 does not run on ort-cpu") and "use" in line for line in lines)
