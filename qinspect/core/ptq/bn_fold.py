@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..graph.edit import NameMaker, all_graphs
 from ..graph.walk import _constant_value
 
 FOLD_INTO = ("Conv", "ConvTranspose", "Gemm")
@@ -69,8 +70,7 @@ class _Graph:
                 if i:
                     self.uses[i] = self.uses.get(i, 0) + 1
         self.outputs = {o.name for o in g.output}
-        self.taken = {t.name for t in g.initializer} | {o for n in _all_nodes(g) for o in n.output} | {
-            i.name for i in g.input}
+        self.new_name = NameMaker(model)
 
     def value(self, name: str) -> np.ndarray | None:
         if name in self.inits:
@@ -82,20 +82,10 @@ class _Graph:
                 return None
         return None
 
-    def new_name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
 
 
 def _all_nodes(graph: onnx.GraphProto):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _all_nodes(sub)
+    return (n for g in all_graphs(graph) for n in g.node)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -254,8 +244,9 @@ def fold_batchnorms(model: onnx.ModelProto, data_dir: str | None = None) -> tupl
         del out.graph.node[:]
         out.graph.node.extend(kept)
         _drop_unused(out.graph)
+    main = {id(n) for n in out.graph.node}
     for node in _all_nodes(out.graph):  # BatchNormalizations inside subgraphs are left as they are
-        if node.op_type == "BatchNormalization" and not any(node is n for n in out.graph.node):
+        if node.op_type == "BatchNormalization" and id(node) not in main:
             report.kept[node.name or "BatchNormalization"] = "inside a control-flow subgraph"
     return out, report
 
