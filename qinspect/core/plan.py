@@ -243,6 +243,8 @@ def _activation_encoding(s: Settings, stats: TensorStats | None, defaults: Defau
 def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults: Defaults) -> Encoding:
     if s.range is not None:
         return _from_settings(s, *s.range, defaults)
+    if values.size and values.dtype.kind == "f" and not np.isfinite(values).any():
+        return float_encoding(32)  # only NaN/Inf (a -inf mask constant): nothing a grid could hold
     if s.per_channel and axis is not None and values.ndim > axis:
         if s.scheme == "tf":
             others = tuple(i for i in range(values.ndim) if i != axis)

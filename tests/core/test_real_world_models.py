@@ -736,3 +736,30 @@ def test_scikit_learn_classifier_with_zipmap_output(tmp_path):
     x = rand((3, 4), 131, 1.0)
     label, probs = ort_run(out, {"X": x})
     assert label.shape == (3,) and len(probs) == 3 and set(probs[0]) == {0, 1, 2}
+
+
+def test_a_constant_of_only_inf_stays_float_and_exports(tmp_path):
+    """Magika (a JAX export) masks logits with a 0-d -inf constant: a traceback in export once."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Max", ["h", "neg_inf"], ["y"], name="max")]
+    model = build(nodes, [vi("x", F, ["N", 4])], [vi("y", F, ["N", 3])],
+                  [const("w", rand((4, 3), 90)), const("neg_inf", np.array(-np.inf, np.float32))])
+    x = rand((16, 4), 91, 1.0)
+    np.save(tmp_path / "x.npy", x)
+    index, result, enc, report, out = roundtrip(model, str(tmp_path / "x.npy"), tmp_path)
+    assert enc["neg_inf"].is_float and enc["neg_inf"].bw == 32
+    compare(model, out, [{"x": x[:4]}])
+
+
+def test_a_model_with_only_ai_onnx_ml_ops_gets_the_default_opset_it_needs(tmp_path):
+    """onnxruntime's datasets/logreg_iris.onnx imports ai.onnx.ml only: there is nothing to convert."""
+    node = helper.make_node("LinearRegressor", ["x"], ["y"], domain="ai.onnx.ml", coefficients=[0.5, -1.0, 2.0],
+                            intercepts=[0.1], targets=1)
+    graph = helper.make_graph([node], "g", [vi("x", F, ["N", 3])], [vi("y", F, ["N", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    x = rand((16, 3), 92, 1.0)
+    np.save(tmp_path / "x.npy", x)
+    index, result, enc, report, out = roundtrip(model, str(tmp_path / "x.npy"), tmp_path)
+    assert {o.domain: o.version for o in onnx.load(out).opset_import}[""] == 13
+    compare(model, out, [{"x": x[:4]}])

@@ -116,7 +116,13 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def convert_opset(model: onnx.ModelProto, target: int, label: str) -> onnx.ModelProto:
-    """`model` at default-domain opset `target` (converted with onnx.version_converter)."""
+    """`model` at default-domain opset `target` (converted with onnx.version_converter). A model
+    that imports no default-domain opset (only ai.onnx.ml, say) has nothing to convert: it gets the import."""
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        out.opset_import.append(onnx.helper.make_opsetid("", target))
+        return out
     try:
         from onnx import version_converter
 

@@ -100,7 +100,8 @@ def quantize_constant(x: np.ndarray, qp: QParams, dtype=np.int64) -> np.ndarray:
         np.add(t, zp, out=t, casting="unsafe")
     if not np.isfinite(t).all():  # NaN becomes 0 (the zero point); +-Inf saturates
         t = np.where(np.isnan(t), np.broadcast_to(zp, t.shape), t)
-        t = np.nan_to_num(t, posinf=qp.qmax, neginf=qp.qmin)
+        # asarray: on a 0-d array nan_to_num returns a numpy scalar, which clip cannot write into
+        t = np.asarray(np.nan_to_num(t, posinf=qp.qmax, neginf=qp.qmin), dtype=t.dtype)
     np.clip(t, qp.qmin, qp.qmax, out=t)
     return t.astype(dtype)
 
