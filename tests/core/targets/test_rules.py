@@ -20,6 +20,7 @@ from qinspect.core.project import Project
 from qinspect.core.ptq.prepare import prepare_model
 from qinspect.core.quant.encoding import compute_encoding
 from qinspect.core.quant.qparams import onnx_qparams, quantize_constant
+from qinspect.core.targets.cpu import u8s8_saturates
 from tests.models import finish
 
 F = TensorProto.FLOAT
@@ -102,7 +103,8 @@ def test_qnn_float_rule_makes_the_middle_conv_float_and_the_export_runs_it_in_fl
     (plain,) = session(model, optimize=False).run(None, {"input": x})
     (simulated,) = Simulator(index, enc, names=["relu3_out"]).run({"input": x})
     np.testing.assert_allclose(plain, simulated, rtol=1e-5, atol=1e-6)
-    assert np.abs(ran - simulated).max() <= enc["relu3_out"].scale[0] * 1.001  # at most one output step
+    if not u8s8_saturates():  # a qnn-htp export is not made for CPUs whose u8s8 kernels saturate
+        assert np.abs(ran - simulated).max() <= enc["relu3_out"].scale[0] * 1.001  # at most one output step
 
     on_cpu = derive_encodings(index, stats, _plan("ort-cpu", relu2_out=32))
     assert not on_cpu["conv2.weight"].is_float  # onnxruntime runs a float output with integer weights
