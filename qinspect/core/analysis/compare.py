@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..quant.qparams import complete_encodings, fake_quantize, onnx_qparams
 from ..progress import NullProgress, Progress, check_cancel
 from ..targets.cpu import cpu_label
-from .runtime import RuntimeCheck, RuntimeRun, explain
+from .runtime import QDQ_FUSIONS, RuntimeCheck, RuntimeRun, explain, fusion_cause
 from .simulate import Simulator, expose, make_session
 
 KEEP_VALUES = 4096  # values per tensor kept for histograms in reports
@@ -342,8 +342,29 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
                              {n: o.sqnr_db for n, o in comparison.outputs.items()}, notes=exported.notes)
         if not check.agrees():
             check.causes = explain(index, sim.encodings, providers)
+        if not check.agrees() and not check.causes:  # one more pass tells whether the fusions did it
+            unfused = _runtime_pass(index, encodings, batches, float_session, outputs, target, providers, progress,
+                                    disabled_optimizers=QDQ_FUSIONS)
+            check.causes = [c for c in (fusion_cause(unfused, check.simulated),) if c]
         comparison.runtime = check
     return comparison
+
+
+def _runtime_pass(index, encodings, batches, float_session, outputs, target, providers, progress,
+                  disabled_optimizers=()) -> dict[str, float]:
+    """Output SQNRs of the exported model in onnxruntime against the float model, over `batches`."""
+    exported = RuntimeRun(index, encodings, target=target, providers=providers,
+                          disabled_optimizers=disabled_optimizers)
+    measured = {n: _Acc() for n in outputs}
+    try:
+        for count, feeds, labels in batches:
+            check_cancel(progress)
+            f = _run_float(float_session, feeds, outputs)
+            for n, value in zip(outputs, exported.run(feeds, outputs)):
+                measured[n].add(f[n], value)
+    finally:
+        exported.close()
+    return {n: sqnr_db(a.signal, a.noise) for n, a in measured.items()}
 
 
 class Comparer:

@@ -24,6 +24,20 @@ from ..targets.cpu import cpu_label, saturating_weights, u8s8_saturates
 from ..targets.profiles import get_target
 
 GAP_DB = 1.0  # simulated and runtime output SQNR further apart than this need an explanation
+# Above this both mean "float32 rounding only" (two float runs that sum in another order differ by
+# about that much), so two such SQNRs agree whatever their difference.
+FLOAT_NOISE_DB = 100.0
+# onnxruntime's pass that fuses QDQ node units into integer kernels (QLinearConv, QLinearMatMul, ...)
+QDQ_FUSIONS = ("QDQSelectorActionTransformer",)
+
+
+def agree(a: float | None, b: float | None) -> bool:
+    """Two output SQNRs (dB) that tell the same story: within GAP_DB, or both at float32's noise floor."""
+    if a is None or b is None:
+        return True
+    if a == b or (a >= FLOAT_NOISE_DB and b >= FLOAT_NOISE_DB):
+        return True
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= GAP_DB
 
 
 @dataclass
@@ -54,14 +68,15 @@ class RuntimeCheck:
         return out
 
     def agrees(self) -> bool:
-        return all(abs(g) <= GAP_DB for g in self.gaps().values())
+        return all(agree(self.simulated.get(n), rt) for n, rt in self.outputs.items())
 
     def to_dict(self) -> dict:
         def num(v):
             return None if v is None or not math.isfinite(v) else v
 
         return {"target": self.target, "providers": list(self.providers), "cpu": self.cpu,
-                "agrees_within_db": GAP_DB, "agrees": self.agrees(), "causes": list(self.causes),
+                "agrees_within_db": GAP_DB, "float_noise_db": FLOAT_NOISE_DB, "agrees": self.agrees(),
+                "causes": list(self.causes),
                 "notes": list(self.notes), "gaps_db": {k: num(v) for k, v in self.gaps().items()}}
 
     def lines(self) -> list[str]:
@@ -104,6 +119,17 @@ def explain(index, encodings, providers, flags=None) -> list[str]:
     return causes
 
 
+def fusion_cause(unfused: dict, simulated: dict) -> str | None:
+    """The cause when the exported model run without onnxruntime's QDQ fusions (`unfused`: output ->
+    SQNR) gives what the simulation says: the fused integer kernels compute something else."""
+    if not unfused or not all(agree(simulated.get(n), v) for n, v in unfused.items()):
+        return None
+    shown = ", ".join(f"{n} {_db(v)} dB" for n, v in list(unfused.items())[:3])
+    return (f"onnxruntime's fused QDQ kernels: with its QDQ fusions off (disabled_optimizers="
+            f"{list(QDQ_FUSIONS)}) the exported model gives what the simulation says ({shown}); the integer "
+            f"kernels it fuses compute this model's quantized ops differently on this CPU")
+
+
 def _float_input_integer_weight(index, encodings) -> list[str]:
     out = []
     for group in index.op_groups().values():
@@ -119,7 +145,7 @@ class RuntimeRun:
     """The exported QDQ model in an onnxruntime session with default options; `run` returns the
     model's float outputs for a batch of feeds."""
 
-    def __init__(self, index, encodings, *, target=None, providers=None):
+    def __init__(self, index, encodings, *, target=None, providers=None, disabled_optimizers=()):
         self.target = get_target(target).name
         self.providers = list(providers or ["CPUExecutionProvider"])
         self._dir = tempfile.mkdtemp(prefix="qinspect-runtime-")
@@ -129,7 +155,8 @@ class RuntimeRun:
             self.notes = report.warnings + report.notes
             options = ort.SessionOptions()  # the defaults users run with; only less logging
             options.log_severity_level = 3
-            self.session = ort.InferenceSession(path, options, providers=self.providers)
+            self.session = ort.InferenceSession(path, options, providers=self.providers,
+                                                disabled_optimizers=list(disabled_optimizers))
         except ModelError:
             self.close()
             raise
