@@ -308,3 +308,22 @@ def test_an_export_warns_about_what_the_target_cannot_run(calibrated):
     enc = derive_encodings(index, stats, plan)
     _, lines = build_qdq_model(index, enc, "ort-cpu")
     assert any(line.startswith("relu1_out: int4 does not run on ort-cpu") and "use" in line for line in lines)
+
+
+def test_a_new_target_is_a_data_entry(calibrated, monkeypatch):
+    """A profile for an NPU that runs 8-bit activations only and per-tensor Conv weights: no new code."""
+    from dataclasses import replace
+
+    from qinspect.core.targets import profiles
+
+    npu = replace(profiles.ORT_CPU, name="test-npu", title="an 8-bit NPU", weight_grid=None,
+                  per_tensor_ops=frozenset({"Conv"}),
+                  supports={**profiles.ORT_CPU.supports, "activation": profiles._pairs(ints=(8,), floats=(16,))})
+    monkeypatch.setitem(profiles.TARGETS, "test-npu", npu)
+    index, stats, _ = calibrated(target="test-npu")
+    plan = PrecisionPlan(target="test-npu")
+    enc = derive_encodings(index, stats, plan)
+    assert enc["conv1.weight"].axis is None and len(enc["conv1.weight"].scale) == 1  # per tensor
+    assert rule_effects(index, plan)["conv1.weight"].rule == "per-tensor"
+    plan.set("relu1_out", bw=16)
+    assert refusals(index, plan, ["relu1_out"])[0].startswith("relu1_out: int16 activations do not run on test-npu")
