@@ -238,7 +238,7 @@ class PrecisionEditor(QWidget):
         self.bitwidth_combo.clear()
         for bw in allowed:
             self.bitwidth_combo.addItem(str(bw), bw)
-        bw = _common(s.bw for s in settings)
+        bw = _common(8 if s.bw == 7 else s.bw for s in settings)  # a 7-bit grid is an 8-bit choice
         self.bitwidth_combo.setCurrentIndex(-1 if bw is MIXED else self.bitwidth_combo.findData(bw))
 
         is_int = dtype == "int"

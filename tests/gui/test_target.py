@@ -85,3 +85,11 @@ def test_an_imported_file_the_target_cannot_run_is_refused_whole(qtbot, window, 
     assert (level, title) == ("error", "Cannot import encodings")
     assert "conv1_relu_out: int4 activations do not run on ort-cpu" in text
     assert window.project.plan.edited() == []  # not half of it either
+
+
+def test_the_editor_shows_an_8bit_choice_for_a_weight_on_the_7bit_grid(qtbot, window, messages):
+    calibrate(qtbot, window)
+    window.findChild(QComboBox, "targetCombo").setCurrentText("ort-cpu")
+    window.table.select(["conv2.weight"])
+    assert window.findChild(QComboBox, "bitwidthCombo").currentText() == "8"
+    assert "int8 on a 7-bit grid" in window.findChild(QLabel, "encodingSummary").text()
