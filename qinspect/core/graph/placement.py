@@ -90,6 +90,30 @@ class PlacementMixin:
             self.fused_output[node.name] = out
         return inner
 
+    def group_of(self, name: str) -> OpGroup | None:
+        """The weighted op a quantizer belongs to: a weight's or bias's op, or the op whose (fused)
+        output an activation is; None for anything else."""
+        t = self.targets.get(name)
+        if t is None:
+            return None
+        if t.kind != "activation":
+            return self.op_groups().get(t.node)
+        return self._groups_by("output").get(name)
+
+    def groups_reading(self, name: str) -> list[OpGroup]:
+        """The weighted ops whose data input takes its encoding from `name`."""
+        return self._groups_by("input").get(name, [])
+
+    def _groups_by(self, key: str) -> dict:
+        if self._group_maps is None:
+            by_output = {g.output: g for g in self.op_groups().values()}
+            by_input: dict[str, list[OpGroup]] = {}
+            for g in self.op_groups().values():
+                if g.input:
+                    by_input.setdefault(self.encoding_source(g.input), []).append(g)
+            self._group_maps = {"output": by_output, "input": by_input}
+        return self._group_maps[key]
+
     def op_groups(self) -> dict[str, OpGroup]:
         """Every op with a weight quantizer (Conv, ConvTranspose, Gemm, MatMul with a constant B,
         RNNs), by node name, with its input, fused output, weight and bias quantizers."""
@@ -112,7 +136,7 @@ class PlacementMixin:
         return self._op_groups
 
     def _place_quantizers(self) -> None:
-        self._op_groups = None
+        self._op_groups = self._group_maps = None
         inner = self._fused_inner()
         for graph, _, owner, node in _walk(self.model.graph):
             if node is None:

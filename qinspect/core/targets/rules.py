@@ -37,35 +37,6 @@ def _op_of(index, name: str) -> str:
     return t.op_type
 
 
-def _group_of(index, name: str):
-    t = index.targets[name]
-    groups = index.op_groups()
-    if t.kind != "activation":
-        return groups.get(t.node)
-    return _outputs(index).get(name)
-
-
-def _outputs(index) -> dict:
-    """Output tensor -> its weighted op's group (cached on the index: it never changes)."""
-    cache = index.__dict__.get("_rule_outputs")
-    if cache is None:
-        cache = {g.output: g for g in index.op_groups().values()}
-        index.__dict__["_rule_outputs"] = cache
-    return cache
-
-
-def _consumers_by_input(index) -> dict:
-    """Quantized input tensor -> groups of weighted ops that read it (cached on the index)."""
-    cache = index.__dict__.get("_rule_inputs")
-    if cache is None:
-        cache = {}
-        for g in index.op_groups().values():
-            if g.input:
-                cache.setdefault(index.encoding_source(g.input), []).append(g)
-        index.__dict__["_rule_inputs"] = cache
-    return cache
-
-
 def apply_rules(target: Target, index, name: str, s, settings_of: Callable[[str], object]):
     """The settings `target` runs for `name` (resolved `s`), and the effect of the rule that changed
     them (None if none did). `settings_of(other)` gives another tensor's resolved settings."""
@@ -86,7 +57,7 @@ def apply_rules(target: Target, index, name: str, s, settings_of: Callable[[str]
 
 
 def _float_group(target, index, name, s, settings_of):
-    group = _group_of(index, name)
+    group = index.group_of(name)
     if group is None or group.op_type not in target.float_groups:
         return s, None
     members = [(role, t) for role, t in (("output", group.output), ("weight", group.weight), ("bias", group.bias))
@@ -127,7 +98,7 @@ def _fixed_output(target, index, name, s):
 
 def _weight_grid(target, index, name, s, settings_of):
     grid = target.weight_grid
-    group = _group_of(index, name)
+    group = index.group_of(name)
     if group is None or group.op_type not in grid.ops or group.weight != name or not group.input:
         return s, None
     if grid.exempt_depthwise and is_depthwise(index, group):
@@ -183,15 +154,14 @@ def dependents(target: Target, index, names) -> set[str]:
     out = set(names)
     if not (target.float_groups or target.weight_grid):
         return out
-    by_input = _consumers_by_input(index)
     for name in names:
         if name not in index.targets:
             continue
-        group = _group_of(index, name)
+        group = index.group_of(name)
         if target.float_groups and group is not None and group.op_type in target.float_groups:
             out.update(t for t in (group.output, group.weight, group.bias) if t and t in index.targets)
         if target.weight_grid is not None:
-            out.update(g.weight for g in by_input.get(name, ()) if g.weight)
+            out.update(g.weight for g in index.groups_reading(name) if g.weight)
     return out
 
 
