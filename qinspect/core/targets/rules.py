@@ -169,14 +169,9 @@ def refusal(target: Target, index, name: str, s) -> str | None:
     """Why `target` cannot run `name` with settings `s` (and the fix), or None if it can."""
     t = index.targets[name]
     dtype, bw = precision(s)
-    supported = target.supported(t.kind, t.op_type)
-    if (dtype, bw) not in supported:
-        why = target.no_support_why.get((t.kind, dtype, bw), f"{target.title} does not run them")
-        ok = ", ".join(f"{d}{b}" for d, b in sorted(supported))
-        others = [o.name for o in TARGETS.values() if o is not target and (dtype, bw) in o.supported(t.kind, t.op_type)]
-        alt = f", or choose the {' or '.join(others)} target" if others else ""
-        kinds = {"activation": "activations", "weight": "weights", "bias": "biases"}[t.kind]
-        return f"{name}: {dtype}{bw} {kinds} do not run on {target.name} ({why}); use {ok}{alt}"
+    problem = _unsupported(target, t, dtype, bw)
+    if problem:
+        return f"{name}: {problem}"
     fixed = target.fixed_output(t.op_type, bw, s.symmetric) or t.op_type in target.fixed_ranges
     if t.kind == "activation" and s.range is not None and dtype == INT and fixed:
         return (f"{name}: {target.name} fixes the encoding of {t.op_type} outputs at {bw} bits; change its bitwidth "
@@ -196,9 +191,20 @@ def unsupported(target: Target, index, encodings) -> list[str]:
         if t is None or getattr(t, "existing", None) is not None:
             continue
         dtype, bw = (FLOAT, enc.bw) if enc.is_float else (INT, 8 if enc.bw == 7 else enc.bw)
-        supported = target.supported(t.kind, t.op_type)
-        if (dtype, bw) not in supported:
-            why = target.no_support_why.get((t.kind, dtype, bw), f"{target.title} does not run them")
-            ok = ", ".join(f"{d}{b}" for d, b in sorted(supported))
-            problems.append(f"{name}: {dtype}{bw} does not run on {target.name} ({why}); use {ok}")
+        problem = _unsupported(target, t, dtype, bw)
+        if problem:
+            problems.append(f"{name}: {problem}")
     return problems
+
+
+def _unsupported(target: Target, t, dtype: str, bw: int) -> str | None:
+    """Why `target` does not run quantizer `t` at dtype/bw, the fix included; None if it does."""
+    supported = target.supported(t.kind, t.op_type)
+    if (dtype, bw) in supported:
+        return None
+    why = target.no_support_why.get((t.kind, dtype, bw), f"{target.title} does not run them")
+    ok = ", ".join(f"{d}{b}" for d, b in sorted(supported))
+    others = [o.name for o in TARGETS.values() if o is not target and (dtype, bw) in o.supported(t.kind, t.op_type)]
+    alt = f", or choose the {' or '.join(others)} target" if others else ""
+    kinds = {"activation": "activations", "weight": "weights", "bias": "biases"}[t.kind]
+    return f"{dtype}{bw} {kinds} do not run on {target.name} ({why}); use {ok}{alt}"

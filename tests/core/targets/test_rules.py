@@ -307,7 +307,7 @@ def test_an_export_warns_about_what_the_target_cannot_run(calibrated):
     plan.set("relu1_out", bw=4)  # a script's plan is not checked at edit time
     enc = derive_encodings(index, stats, plan)
     _, lines = build_qdq_model(index, enc, "ort-cpu")
-    assert any(line.startswith("relu1_out: int4 does not run on ort-cpu") and "use" in line for line in lines)
+    assert any(line.startswith("relu1_out: int4 activations do not run on ort-cpu") and "use" in line for line in lines)
 
 
 def test_a_new_target_is_a_data_entry(calibrated, monkeypatch):
