@@ -47,3 +47,23 @@ def small_cnn(seed: int = 0, channels: int = 4, classes: int = 5) -> onnx.ModelP
         initializer=inits,
     )
     return finish(graph)
+
+
+def scalars() -> onnx.ModelProto:
+    """0-d tensors everywhere a model can have them: a scalar initializer and a scalar Constant node as
+    weights of Mul/Add, a scalar activation (ReduceSum without keepdims) scaled by a scalar, a Shape."""
+    nodes = [
+        helper.make_node("Constant", [], ["b0"], name="b0c", value=numpy_helper.from_array(np.array(0.25, np.float32))),
+        helper.make_node("Mul", ["x", "c"], ["m"], name="mul"),
+        helper.make_node("Add", ["m", "b0"], ["a"], name="add"),
+        helper.make_node("ReduceSum", ["a"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Mul", ["s", "half"], ["y"], name="scale"),
+        helper.make_node("Shape", ["x"], ["shp"], name="shape"),
+        helper.make_node("Reshape", ["a", "shp"], ["r"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "scalars", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, []), helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(np.array(1.5, np.float32), "c"),
+                     numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    return finish(graph)

@@ -763,3 +763,40 @@ def test_a_model_with_only_ai_onnx_ml_ops_gets_the_default_opset_it_needs(tmp_pa
     index, result, enc, report, out = roundtrip(model, str(tmp_path / "x.npy"), tmp_path)
     assert {o.domain: o.version for o in onnx.load(out).opset_import}[""] == 13
     compare(model, out, [{"x": x[:4]}])
+
+
+@pytest.mark.parametrize("target", ["qnn-htp", "ort-cpu"])
+def test_zero_d_tensors_through_every_step(tmp_path, target):
+    """Scalars as weights, as an activation and as an output: calibrate, derive, export, compare with the
+    runtime check, the HTML report, a session and every overrides version, with no traceback."""
+    from qinspect.core.analysis.compare import compare as compare_models
+    from qinspect.core.io.overrides import VERSIONS, read_overrides, write_overrides
+    from qinspect.core.io.report import write_report
+    from qinspect.core.project import Project
+    from tests.models import scalars
+
+    model = scalars()
+    x = rand((16, 2, 3), 93, 1.0)
+    np.save(tmp_path / "x.npy", x)
+    plan = PrecisionPlan(target=target)
+    index, result, enc, report, out = roundtrip(model, str(tmp_path / "x.npy"), tmp_path, plan)
+    assert result.stats["s"].count == 16 and index.targets["s"].shape == ()
+    assert {index.targets[n].kind for n in ("c", "b0", "half")} == {"weight"}
+    compare(model, out, [{"x": x[i]} for i in range(3)], min_db=30)
+    result = compare_models(index, enc, open_data(str(tmp_path / "x.npy"), index.inputs), runtime=True, target=target)
+    assert result.runtime.agrees() and set(result.outputs) == {"y", "r"}
+    write_report(tmp_path / "r.html", result)
+    kinds = {n: index.targets[n].kind for n in enc}
+    for version in VERSIONS:
+        write_overrides(tmp_path / f"{version}.json", enc, kinds, version, target=target)
+        back, _ = read_overrides(tmp_path / f"{version}.json", index)
+        assert back["c"].scale == pytest.approx(enc["c"].scale) and back["s"].offset == enc["s"].offset
+    onnx.save_model(model, tmp_path / "m.onnx")
+    project = Project(plan=PrecisionPlan(target=target))
+    project.open_model(str(tmp_path / "m.onnx"))
+    stats = calibrate(project.index, open_data(str(tmp_path / "x.npy"), project.index.inputs)).stats
+    project.set_stats(stats, 16)
+    project.apply_edit(["c"], {"bw": 16})
+    project.apply_edit(["s"], {"range": (-2.0, 2.0)})
+    project.save_session(tmp_path / "s.qinspect")
+    assert Project.from_session(tmp_path / "s.qinspect").encodings == project.encodings

@@ -208,3 +208,29 @@ def test_flagged_mask_tensor_can_be_kept_in_float(qtbot, messages, tmp_path):
     assert not window.project.encodings["scores"].is_float
     window.cancel()
     window.wait_for_jobs(10_000)
+
+
+def test_zero_d_tensors_in_the_window(qtbot, messages, tmp_path):
+    """A scalar weight, a scalar activation and a scalar output: every panel shows them, edits apply."""
+    from tests.models import scalars
+
+    path = tmp_path / "scalars.onnx"
+    onnx.save_model(scalars(), path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(4).standard_normal((16, 2, 3)).astype(np.float32))
+    w = create_main_window(model=str(path))
+    qtbot.addWidget(w)
+    try:
+        calibrate(qtbot, w, tmp_path / "x.npy")
+        for name in ("c", "b0", "s", "y", "half"):
+            w.table.select([name])
+            assert w.histogram.tensor == name
+            w.grab()  # paints every panel
+        w.project.apply_edit(["s"], {"range": (-3.0, 3.0)})
+        w.project.apply_edit(["c"], {"bw": 4})
+        with qtbot.waitSignal(w.errorUpdated, timeout=WAIT):
+            w.live_error.schedule(None)
+        assert "s" in w.live_error.sqnr
+        assert not [m for m in messages if m[0] == "error"], messages
+    finally:
+        w.cancel()
+        w.wait_for_jobs(10_000)
