@@ -306,7 +306,7 @@ def _sensitivity_summary(ranking, info) -> str:
 
 def run_calibrate(args) -> int:
     from .core.calib.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
-    from .core.io.overrides import apply_overrides, file_encodings, read_overrides, write_overrides
+    from .core.io.overrides import apply_overrides, file_encodings, quantizer_args, read_overrides, write_overrides
     from .core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
     from .core.progress import NullProgress
 
@@ -358,16 +358,8 @@ def run_calibrate(args) -> int:
     written = file_encodings(index, encodings, target=args.target, edited=plan.edited(),
                              bias_encodings=True if args.bias_encodings else None)
     kinds = {name: index.targets[name].kind for name in written}
-    quantizer_args = {
-        "activation_bitwidth": args.act_bw,
-        "param_bitwidth": args.param_bw,
-        "dtype": "int",
-        "is_symmetric": True,
-        "per_channel_quantization": args.per_channel,
-        "quant_scheme": f"post_training_{args.scheme}",
-    }
     protect = [args.model] + ([args.overrides] if args.overrides else [])
-    out = write_overrides(args.output, written, kinds, args.format, quantizer_args, protect=protect,
+    out = write_overrides(args.output, written, kinds, args.format, quantizer_args(plan.defaults), protect=protect,
                           target=args.target)
     if args.model_out:
         from .core.io.qdq import save_model

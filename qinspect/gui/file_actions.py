@@ -99,7 +99,7 @@ class FileActionsMixin:
                          bias_encodings: bool | None = None) -> bool:
         """Write the overrides JSON for the project's target in a worker; `exportFinished` tells how it
         ended. `bias_encodings` None follows the target (qnn-htp leaves derived biases out)."""
-        from ..core.io.overrides import file_encodings, write_overrides
+        from ..core.io.overrides import file_encodings, quantizer_args, write_overrides
 
         if not self._can_export():
             return False
@@ -108,9 +108,10 @@ class FileActionsMixin:
                                    edited=project.plan.edited(), only_edited=only_edited,
                                    bias_encodings=bias_encodings)
         kinds = {n: index.targets[n].kind for n in encodings}
-        target = project.target
+        target, args = project.target, quantizer_args(project.plan.defaults)
         self._start(
-            lambda progress: write_overrides(path, encodings, kinds, version, protect=[index.path], target=target),
+            lambda progress: write_overrides(path, encodings, kinds, version, args, protect=[index.path],
+                                             target=target),
             "export",
             lambda out: self._exported(str(out)),
             lambda: None,

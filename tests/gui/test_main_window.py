@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from PySide6.QtCore import QTimer
 
+from qinspect.cli import main
 from qinspect.gui import create_main_window
 from qinspect.gui.main_window import EXAMPLE_DATA, EXAMPLE_MODEL
 
@@ -71,6 +72,11 @@ def test_export_both_files_and_reopen_session(qtbot, window, tmp_path):
     assert done.args[0] is True
     doc = json.loads(enc_path.read_text())
     assert {e["name"] for e in doc["activation_encodings"]} >= {"input", "fc1_relu_out"}
+    cli = tmp_path / "cli.json"  # the window writes what the command line writes for the same defaults
+    assert main(["calibrate", str(EXAMPLE_MODEL), "--data", str(EXAMPLE_DATA), "-o", str(cli), "--format", "1.0.0",
+                 "-q"]) == 0
+    assert doc["quantizer_args"] == json.loads(cli.read_text())["quantizer_args"]
+    assert doc["producer"]["target"] == "qnn-htp"
     with qtbot.waitSignal(window.exportFinished, timeout=WAIT) as done:
         window.export_qdq(qdq_path)
     assert done.args[0] is True, done.args

@@ -98,6 +98,18 @@ def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited
     return out
 
 
+def quantizer_args(defaults) -> dict:
+    """AIMET's informational `quantizer_args` for a plan's `Defaults` (0.6.1 and 1.0.0 files)."""
+    return {
+        "activation_bitwidth": defaults.act_bw,
+        "param_bitwidth": defaults.param_bw,
+        "dtype": "int",
+        "is_symmetric": bool(defaults.param_symmetric),
+        "per_channel_quantization": bool(defaults.per_channel),
+        "quant_scheme": f"post_training_{defaults.act_scheme}",
+    }
+
+
 def _for_file(e: Encoding) -> Encoding:
     """A 7-bit weight grid as the 8-bit encoding with the same scale (same points, a bitwidth QNN takes)."""
     if e.is_float or e.bw != 7:
