@@ -260,6 +260,8 @@ def run_compare(args) -> int:
                            sensitivity=ranking, sensitivity_info=info, target=args.target)
         if not args.quiet:
             print(f"wrote {out}", file=sys.stderr)
+    for note in result.notes:
+        print(f"qinspect: note: {note}", file=sys.stderr)
     if result.runtime is not None:
         for line in result.runtime.lines():
             print(f"qinspect: {line}" if line.startswith("warning") else line, file=sys.stderr)

@@ -67,6 +67,7 @@ class Comparison:
     values: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # float, quantized samples
     seconds: float = 0.0
     runtime: object | None = None  # runtime.RuntimeCheck when the exported model was run too
+    notes: list[str] = field(default_factory=list)  # what the user should know about what was compared
 
     def worst(self, n: int | None = None, kinds=("activation", "weight", "bias")) -> list[TensorError]:
         """Tensors by SQNR, worst first (exact tensors last)."""
@@ -160,6 +161,29 @@ class _Acc:
 
 def _float_outputs(index) -> list[str]:
     return [n for n in index.outputs if index.is_float(n)]
+
+
+def data_outputs(index, data) -> tuple[list[str], list[str]]:
+    """The outputs to compare, and notes: the float main-graph tensors the data names (a QNN input
+    list's `%tensor` and `#layer` lines), or the model's float outputs when it names none."""
+    named = list(getattr(data, "output_tensors", []) or [])
+    layers = list(getattr(data, "output_layers", []) or [])
+    for layer in layers:
+        node = index.nodes.get(layer)
+        named += [o for o in (node.output if node is not None else []) if o and o not in named]
+    if not named:
+        return _float_outputs(index), []
+    main = {o for n in index.model.graph.node for o in n.output} | {i.name for i in index.inputs}
+    chosen = [n for n in named if n in main and index.is_float(n)]
+    unknown = [n for n in named if n not in chosen] + [layer for layer in layers if layer not in index.nodes]
+    notes = []
+    if chosen:
+        notes.append(f"the data names the outputs to compare: {', '.join(chosen[:8])}"
+                     + (f" and {len(chosen) - 8} more" if len(chosen) > 8 else ""))
+    if unknown:
+        notes.append(f"the data names outputs that are not float tensors or layers of the main graph, left out: "
+                     f"{', '.join(unknown[:8])}")
+    return (chosen or _float_outputs(index)), notes
 
 
 def _activation_names(index) -> list[str]:
@@ -308,7 +332,8 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
     encodings = complete_encodings(index, encodings)
     providers = providers or ["CPUExecutionProvider"]
     names = _activation_names(index)
-    outputs = _float_outputs(index)
+    outputs, notes = data_outputs(index, data)
+    runtime_outputs = [n for n in outputs if n in index.outputs]  # the exported model's own outputs
     wanted = list(dict.fromkeys(names + outputs))
     batches = _Batches(data, samples, batch_size)
     progress.update(0, batches.total, "starting")
@@ -316,7 +341,7 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
     sim = Simulator(index, encodings, names=wanted, providers=providers)
     run = _Run(index, sim.encodings, names, outputs)
     exported = RuntimeRun(index, encodings, target=target, providers=providers) if runtime else None
-    measured = {n: _Acc() for n in outputs}
+    measured = {n: _Acc() for n in runtime_outputs}
     done = 0
     try:
         for count, feeds, labels in batches:
@@ -325,7 +350,7 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
             q = dict(zip(wanted, sim.run(feeds, wanted)))
             run.add(f, q, count, labels)
             if exported is not None:
-                for n, value in zip(outputs, exported.run(feeds, outputs)):
+                for n, value in zip(runtime_outputs, exported.run(feeds, runtime_outputs)):
                     measured[n].add(f[n], value)
             done += count
             progress.update(done, batches.total, "comparing")
@@ -336,15 +361,16 @@ def compare(index, encodings: dict[str, Encoding], data, *, progress: Progress |
     constant_names = index.weights() + index.biases()
     constants = _constant_errors(index, sim.encodings, constant_names)
     comparison = _comparison(run, run.tensors(), constants, constant_names, done, started)
+    comparison.notes = notes
     if exported is not None:
         check = RuntimeCheck(exported.target, exported.providers, cpu_label(),
                              {n: sqnr_db(a.signal, a.noise) for n, a in measured.items()},
-                             {n: o.sqnr_db for n, o in comparison.outputs.items()}, notes=exported.notes)
+                             {n: comparison.outputs[n].sqnr_db for n in runtime_outputs}, notes=exported.notes)
         if not check.agrees():
             check.causes = explain(index, sim.encodings, providers)
         if not check.agrees() and not check.causes:  # one more pass tells whether the fusions did it
-            unfused = _runtime_pass(index, encodings, batches, float_session, outputs, target, providers, progress,
-                                    disabled_optimizers=QDQ_FUSIONS)
+            unfused = _runtime_pass(index, encodings, batches, float_session, runtime_outputs, target, providers,
+                                    progress, disabled_optimizers=QDQ_FUSIONS)
             check.causes = [c for c in (fusion_cause(unfused, check.simulated),) if c]
         comparison.runtime = check
     return comparison
@@ -388,7 +414,7 @@ class Comparer:
         self.providers = providers or ["CPUExecutionProvider"]
         progress = progress or NullProgress()
         self.names = _activation_names(index)
-        self.outputs = _float_outputs(index)
+        self.outputs, self.notes = data_outputs(index, data)
         self.wanted = list(dict.fromkeys(self.names + self.outputs))
         batches = _Batches(data, samples, batch_size)
         session = _float_session(index, self.wanted, self.providers)

@@ -16,7 +16,9 @@ class InputListSource(DataSource):
     """A QNN-style input list: a line per sample, `path` or `name:=path` pairs, of .raw (or .npy) files.
 
     A .raw holds the input's shape with dynamic dims as 1, in float32 for float inputs (the QNN
-    convention) and in the input's own dtype otherwise.
+    convention) and in the input's own dtype otherwise. Lines that start with `%` name output
+    tensors and lines that start with `#` output layers (nodes), as the QNN tools take them: they go
+    to `output_tensors` and `output_layers`, which the comparison then measures as the outputs.
     """
 
     def __init__(self, path: str, inputs, limit: int | None = None):
@@ -34,7 +36,11 @@ class InputListSource(DataSource):
             if limit is not None and len(self._rows) >= limit:
                 break
             line = line.strip()
-            if not line or line.startswith("#"):
+            if not line:
+                continue
+            if line[0] in "%#":  # output tensor (%) or layer (#) names, space separated
+                names_out = self.output_tensors if line[0] == "%" else self.output_layers
+                names_out.extend(n for n in line[1:].split() if n not in names_out)
                 continue
             where = f"{path}:{lineno}"
             if ":=" in line:

@@ -69,6 +69,9 @@ class DataSource:
     def __init__(self, inputs):
         self.inputs = list(inputs)
         self._n = 0
+        # Outputs the data names (a QNN input list's %tensor and #layer lines): what to compare.
+        self.output_tensors: list[str] = []
+        self.output_layers: list[str] = []
 
     def __len__(self) -> int:
         return self._n

@@ -199,3 +199,28 @@ def test_scalar_constant_is_simulated():
     comparer = Comparer(index, data, samples=4)
     result = comparer.update(encodings)
     assert result is not None
+
+
+def test_an_input_list_names_the_outputs_to_compare(tmp_path, capsys):
+    """QNN input lists may start with %tensor and #layer lines: those are what gets compared."""
+    from qinspect.cli import main
+
+    x = np.load(RESOURCES / "digits_test.npz")["input"][:6]
+    for i, sample in enumerate(x):
+        sample[None].astype(np.float32).tofile(tmp_path / f"s{i}.raw")
+    lines = ["%logits conv2_relu_out no_such_tensor", "#fc1"] + [f"s{i}.raw" for i in range(len(x))]
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    index = load_model(RESOURCES / "digits_cnn.onnx")
+    encodings = derive_encodings(index, calibrate(index, open_data(str(RESOURCES / "digits_calib.npz"),
+                                                                   index.inputs)).stats, PrecisionPlan())
+    result = compare(index, encodings, open_data(str(tmp_path / "list.txt"), index.inputs), runtime=True)
+    assert list(result.outputs) == ["logits", "conv2_relu_out", "fc1_out"]
+    assert list(result.runtime.outputs) == ["logits"]  # the exported model's own outputs
+    assert any("left out: no_such_tensor" in n for n in result.notes)
+    enc = tmp_path / "enc.json"
+    assert main(["calibrate", str(RESOURCES / "digits_cnn.onnx"), "--data", str(tmp_path / "list.txt"), "-o",
+                 str(enc), "-q"]) == 0
+    assert main(["compare", str(RESOURCES / "digits_cnn.onnx"), "--encodings", str(enc), "--data",
+                 str(tmp_path / "list.txt"), "-q"]) == 0
+    out = capsys.readouterr()
+    assert "output conv2_relu_out: SQNR" in out.out and "the data names the outputs to compare" in out.err

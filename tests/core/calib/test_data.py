@@ -167,10 +167,12 @@ def test_input_list_with_name_pairs_and_comments(tmp_path):
     for i in range(3):
         np.full((1, 3), i, np.float32).tofile(tmp_path / "raw" / f"a{i}.raw")
         np.full((1, 2), i, np.int64).tofile(tmp_path / "raw" / f"b{i}.raw")
-    lines = ["#a b", ""] + [f"b:=raw/b{i}.raw a:=raw/a{i}.raw" for i in range(3)] + ["# end"]
+    lines = ["#a b", "%y_out", ""] + [f"b:=raw/b{i}.raw a:=raw/a{i}.raw" for i in range(3)] + ["# end"]
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
     src = open_data(str(tmp_path / "list.txt"), TWO)
     assert len(src) == 3
+    # QNN's output lines: '#' names layers, '%' tensors (not file paths)
+    assert src.output_layers == ["a", "b", "end"] and src.output_tensors == ["y_out"]
     s = src.sample(2)
     assert s["a"].dtype == np.float32 and s["b"].dtype == np.int64
     np.testing.assert_array_equal(s["a"], np.full((1, 3), 2, np.float32))
