@@ -100,6 +100,10 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("--per-channel", dest="per_channel", action="store_true", default=True)
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false")
     p.add_argument("--symmetric-activations", action="store_true")
+    p.add_argument("--strict-symmetric", action="store_true",
+                   help="symmetric tensors use the narrow grid (-127..127 at 8 bits), as AIMET's strict mode")
+    p.add_argument("--unsigned-symmetric", action="store_true",
+                   help="symmetric tensors that are never negative use the whole unsigned grid from 0")
     p.add_argument("--overrides", help="a user overrides JSON applied on top of the defaults")
     p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
     p.add_argument("--samples", type=int, help="use at most N samples")
@@ -308,7 +312,8 @@ def _sensitivity_summary(ranking, info) -> str:
 
 def run_calibrate(args) -> int:
     from .core.calib.calibrate import DEFAULT_HISTOGRAM_SAMPLE, calibrate
-    from .core.io.overrides import apply_overrides, file_encodings, quantizer_args, read_overrides, write_overrides
+    from .core.io.overrides import (apply_overrides, file_encodings, format_warnings, quantizer_args, read_overrides,
+                                    write_overrides)
     from .core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
     from .core.progress import NullProgress
 
@@ -326,6 +331,8 @@ def run_calibrate(args) -> int:
         act_symmetric=args.symmetric_activations,
         per_channel=args.per_channel,
         percentile=args.percentile,
+        strict_symmetric=args.strict_symmetric,
+        unsigned_symmetric=args.unsigned_symmetric,
     )
     plan = PrecisionPlan(defaults, args.target)
     if args.overrides:
@@ -358,7 +365,9 @@ def run_calibrate(args) -> int:
     for line in _rule_summary(rule_effects(index, plan)):
         print(f"qinspect: note: {line}", file=sys.stderr)
     written = file_encodings(index, encodings, target=args.target, edited=plan.edited(),
-                             bias_encodings=True if args.bias_encodings else None)
+                             bias_encodings=True if args.bias_encodings else None, version=args.format)
+    for line in format_warnings(written, args.format):
+        print(f"qinspect: warning: {line}", file=sys.stderr)
     kinds = {name: index.targets[name].kind for name in written}
     protect = [args.model] + ([args.overrides] if args.overrides else [])
     out = write_overrides(args.output, written, kinds, args.format, quantizer_args(plan.defaults), protect=protect,

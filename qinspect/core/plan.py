@@ -44,6 +44,8 @@ class Defaults:
     percentile: float = 99.99
     min_range: str = "qnn"
     symmetric_variant: str = "aimet"
+    strict_symmetric: bool = False    # symmetric tensors use -127..127 at 8 bits (AIMET's strict mode)
+    unsigned_symmetric: bool = False  # symmetric tensors that are never negative use the unsigned grid
 
 
 @dataclass
@@ -163,8 +165,9 @@ class PrecisionPlan:
             dtype=dtype,
             scheme=e.scheme or scheme,
             symmetric=symmetric,
-            strict=bool(e.strict),
-            unsigned=bool(e.unsigned),
+            # the defaults refine symmetric grids only; an edit's strict makes the tensor symmetric itself
+            strict=bool(e.strict) if e.strict is not None else symmetric and d.strict_symmetric,
+            unsigned=bool(e.unsigned) if e.unsigned is not None else symmetric and d.unsigned_symmetric,
             per_channel=per_channel,
             percentile=d.percentile if e.percentile is None else e.percentile,
             range=e.range,

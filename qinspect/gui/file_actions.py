@@ -99,21 +99,27 @@ class FileActionsMixin:
                          bias_encodings: bool | None = None) -> bool:
         """Write the overrides JSON for the project's target in a worker; `exportFinished` tells how it
         ended. `bias_encodings` None follows the target (qnn-htp leaves derived biases out)."""
-        from ..core.io.overrides import file_encodings, quantizer_args, write_overrides
+        from ..core.io.overrides import file_encodings, format_warnings, quantizer_args, write_overrides
 
         if not self._can_export():
+            return False
+        if only_edited and version == "2.0.0":
+            messages.notify(self, "warning", "Not exported", "A partial 2.0.0 file would make every tensor it leaves "
+                            "out float (in 2.0.0 a missing entry means 'not quantized') and cannot state float "
+                            "edits. Export all tensors in 2.0.0, or the edited ones in 1.0.0.")
             return False
         project, index = self.project, self.project.index
         encodings = file_encodings(index, dict(project.encodings), target=project.target,
                                    edited=project.plan.edited(), only_edited=only_edited,
-                                   bias_encodings=bias_encodings)
+                                   bias_encodings=bias_encodings, version=version)
         kinds = {n: index.targets[n].kind for n in encodings}
         target, args = project.target, quantizer_args(project.plan.defaults)
+        warnings = format_warnings(encodings, version)
         self._start(
             lambda progress: write_overrides(path, encodings, kinds, version, args, protect=[index.path],
-                                             target=target),
+                                             target=target, partial=only_edited),
             "export",
-            lambda out: self._exported(str(out)),
+            lambda out: self._exported(str(out), warnings),
             lambda: None,
         )
         return True
@@ -129,7 +135,7 @@ class FileActionsMixin:
             lambda progress: export_qdq(index, encodings, path, protect=[index.path], progress=progress,
                                         target=target),
             "QDQ export",
-            lambda report: self._exported(str(path), report),
+            lambda report: self._exported(str(path), report.warnings),
             lambda: None,
         )
         return True
@@ -143,8 +149,8 @@ class FileActionsMixin:
             return False
         return True
 
-    def _exported(self, path: str, report=None) -> None:
-        warnings = list(getattr(report, "warnings", []) or [])
+    def _exported(self, path: str, warnings=()) -> None:
+        warnings = list(warnings)
         if warnings:
             messages.notify(self, "warning", "Exported with warnings", "\n".join(warnings[:20]))
         self.statusBar().showMessage(f"Wrote {path}", 8000)

@@ -85,6 +85,12 @@ class PrecisionEditor(QWidget):
         self.percentile_spin.setSingleStep(0.01)
         self.percentile_spin.setKeyboardTracking(False)  # commit the typed number, not each keystroke
         self.symmetric_check = QCheckBox("Symmetric", objectName="symmetricCheck")
+        self.strict_check = QCheckBox("Strict", objectName="strictCheck")
+        self.strict_check.setToolTip("Strict symmetric: -127..127 at 8 bits, so the grid is symmetric about 0 "
+                                     "(AIMET's strict mode)")
+        self.unsigned_check = QCheckBox("Unsigned", objectName="unsignedCheck")
+        self.unsigned_check.setToolTip("Unsigned symmetric: a tensor that is never negative uses the whole "
+                                       "unsigned grid from 0 (AIMET's unsigned symmetric mode)")
         self.per_channel_check = QCheckBox("Per channel", objectName="perChannelCheck")
         validator = _NumberValidator(self)
         self.min_edit = QLineEdit(objectName="minEdit")
@@ -110,6 +116,8 @@ class PrecisionEditor(QWidget):
         form.addRow("Percentile", self.percentile_spin)
         checks = QHBoxLayout()
         checks.addWidget(self.symmetric_check)
+        checks.addWidget(self.strict_check)
+        checks.addWidget(self.unsigned_check)
         checks.addWidget(self.per_channel_check)
         form.addRow(checks)
         form.addRow("Min", self.min_edit)
@@ -129,7 +137,8 @@ class PrecisionEditor(QWidget):
         self.bitwidth_combo.currentIndexChanged.connect(self._on_bitwidth)
         self.scheme_combo.currentIndexChanged.connect(self._on_scheme)
         self.percentile_spin.valueChanged.connect(lambda v: self._push(percentile=float(v)))
-        for box, field in ((self.symmetric_check, "symmetric"), (self.per_channel_check, "per_channel")):
+        for box, field in ((self.symmetric_check, "symmetric"), (self.per_channel_check, "per_channel"),
+                           (self.strict_check, "strict"), (self.unsigned_check, "unsigned")):
             # checkStateChanged is Qt 6.7+; stateChanged (an int) is the older spelling.
             signal = getattr(box, "checkStateChanged", None) or box.stateChanged
             signal.connect(lambda state, field=field: self._on_check(field, Qt.CheckState(state)))
@@ -192,7 +201,8 @@ class PrecisionEditor(QWidget):
     # --- display ----------------------------------------------------------------------------
     def _controls(self):
         return (self.dtype_combo, self.bitwidth_combo, self.scheme_combo, self.percentile_spin,
-                self.symmetric_check, self.per_channel_check, self.min_edit, self.max_edit)
+                self.symmetric_check, self.strict_check, self.unsigned_check, self.per_channel_check, self.min_edit,
+                self.max_edit)
 
     def _targets_dict(self) -> dict:
         index = self._project.index if self._project is not None else None
@@ -261,6 +271,11 @@ class PrecisionEditor(QWidget):
         forced = weights_with_axis and per_channel is True
         self.symmetric_check.setEnabled(is_int and not forced)
         self.symmetric_check.setToolTip("Per-channel weights are always symmetric (QNN)" if forced else "")
+        symmetric = _common(s.symmetric or s.strict for s in settings)
+        for box, values in ((self.strict_check, [s.strict for s in settings]),
+                            (self.unsigned_check, [s.unsigned for s in settings])):
+            _show_check(box, _common(values))
+            box.setEnabled(is_int and symmetric is True)
 
         ranges = _common(e.range for e in edits)
         lo = hi = ""

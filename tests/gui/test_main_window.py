@@ -92,7 +92,7 @@ def test_export_both_files_and_reopen_session(qtbot, window, tmp_path):
     assert other.project.stats.keys() == window.project.stats.keys()
 
 
-def test_only_edited_export(qtbot, window, tmp_path):
+def test_only_edited_export(qtbot, window, messages, tmp_path):
     calibrate(qtbot, window)
     window.project.apply_edit(["conv1_relu_out"], {"dtype": "float"})
     path = tmp_path / "partial.json"
@@ -101,6 +101,8 @@ def test_only_edited_export(qtbot, window, tmp_path):
     doc = json.loads(path.read_text())
     assert doc["activation_encodings"] == {"conv1_relu_out": [{"bitwidth": 16, "dtype": "float"}]}
     assert doc["param_encodings"] == {}
+    assert not window.export_encodings(tmp_path / "partial2.json", "2.0.0", only_edited=True)
+    assert "the edited ones in 1.0.0" in messages[-1][2] and not (tmp_path / "partial2.json").exists()
 
 
 def test_cancel_halfway_leaves_state_unchanged(qtbot, window):

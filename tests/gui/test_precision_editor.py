@@ -1,11 +1,13 @@
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QLineEdit, QPushButton
 
 from qinspect.core.calib.calibrate import calibrate
-from qinspect.core.commands import CommandStack, EditTensors
 from qinspect.core.calib.data import open_data
+from qinspect.core.commands import CommandStack, EditTensors
 from qinspect.core.project import Project
+from qinspect.core.quant.stats import TensorStats
 from qinspect.gui.precision_editor import PrecisionEditor
 from qinspect.gui.tensor_table import BW, TensorTable
 from tests.helpers import cnn_project
@@ -256,3 +258,26 @@ def test_a_deleted_editor_stops_listening(qtbot, project, stack):
     widget.deleteLater()
     qtbot.waitUntil(lambda: not project._listeners, timeout=2000)
     stack.push(EditTensors(["logits"], bw=16))
+
+
+def test_strict_and_unsigned_symmetric_from_the_editor(editor, project, stack):
+    editor.set_selection(["conv1.weight"])
+    strict = child(editor, QCheckBox, "strictCheck")
+    unsigned = child(editor, QCheckBox, "unsignedCheck")
+    assert strict.isEnabled() and not strict.isChecked()
+    strict.click()
+    enc = project.encodings["conv1.weight"]
+    assert enc.strict and set(enc.offset) == {-127} and stack.can_undo
+    stats = dict(project.stats)
+    stats["relu1_out"] = TensorStats.of(np.abs(np.random.default_rng(0).standard_normal(400)))  # never negative
+    project.set_stats(stats, 400)
+    editor.set_selection(["relu1_out"])  # asymmetric: strict and unsigned do not apply
+    assert not strict.isEnabled() and not unsigned.isEnabled()
+    child(editor, QCheckBox, "symmetricCheck").click()
+    assert unsigned.isEnabled()
+    unsigned.click()
+    assert project.encodings["relu1_out"].offset == (0,)  # never negative: the unsigned grid from 0
+    stack.undo()
+    stack.undo()
+    stack.undo()
+    assert project.plan.edited() == []

@@ -68,6 +68,8 @@ def _entry_2_0_0(name: str, e: Encoding) -> dict:
     # ONNX zero points: unsigned storage for asymmetric, signed with zp 0 for symmetric (spec 4.2).
     signed = e.symmetric and not any(o == 0 for o in e.offset)
     zp = [-o - 2 ** (e.bw - 1) if signed else -o for o in e.offset]
+    if signed and e.strict:
+        zp = [0] * len(zp)  # ONNX has no narrow range: int8 with zero point 0 holds -127..127 (and -128)
     entry = {"name": name, "output_dtype": f"{'int' if signed else 'uint'}{e.bw}"}
     entry["y_scale"] = [float(s) for s in e.scale] if e.per_channel else float(e.scale[0])
     if any(zp):
@@ -78,13 +80,15 @@ def _entry_2_0_0(name: str, e: Encoding) -> dict:
 
 
 def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited=(), only_edited: bool = False,
-                   bias_encodings: bool | None = None) -> dict[str, Encoding]:
+                   bias_encodings: bool | None = None, version: str = DEFAULT_VERSION) -> dict[str, Encoding]:
     """The encodings an overrides file for `target` holds: all of them, or only the `edited` tensors,
     without the int32 bias encodings the target derives itself from input x weight scale (unless a
     bias was edited or `bias_encodings` asks for them; None takes the target's default). A bias a
-    rule made float is written: the converter must be told."""
+    rule made float is written: the converter must be told. 2.0.0 always keeps them: there a missing
+    entry means "not quantized"."""
     edited = set(edited)
     keep_biases = get_target(target).bias_encodings if bias_encodings is None else bias_encodings
+    keep_biases = keep_biases or version == "2.0.0"
     out = {}
     for name, enc in encodings.items():
         if only_edited and name not in edited:
@@ -114,7 +118,7 @@ def _for_file(e: Encoding) -> Encoding:
     """A 7-bit weight grid as the 8-bit encoding with the same scale (same points, a bitwidth QNN takes)."""
     if e.is_float or e.bw != 7:
         return e
-    return e.with_changes(bw=8, offset=(-128,) * len(e.offset))
+    return e.with_changes(bw=8, offset=(-128,) * len(e.offset), strict=False)  # the 8-bit grid holds it
 
 
 def _producer(target: str | None) -> dict:
@@ -158,9 +162,35 @@ def overrides_dict(
     return doc
 
 
+def format_warnings(encodings: dict[str, Encoding], version: str) -> list[str]:
+    """What `version` cannot carry of `encodings`, one line each (the file is still written)."""
+    def names(xs):
+        return ", ".join(xs[:6]) + (f" and {len(xs) - 6} more" if len(xs) > 6 else "")
+
+    strict = [n for n, e in encodings.items() if not e.is_float and e.strict]
+    out = []
+    if strict and version == "0.6.1":
+        out.append(f"0.6.1: QNN recomputes scale and offset from min/max over 2^bw - 1 steps, so strict symmetric "
+                   f"tensors become ordinary symmetric ones there (qinspect and AIMET read the strict offset back); "
+                   f"write 1.0.0 to keep them: {names(strict)}")
+    if strict and version == "2.0.0":
+        out.append(f"2.0.0 has no narrow range: strict symmetric tensors read back as ordinary symmetric ones "
+                   f"with the same scale: {names(strict)}")
+    floats = [n for n, e in encodings.items() if e.is_float]
+    if floats and version == "2.0.0":
+        out.append(f"2.0.0 cannot state float: {len(floats)} float tensor(s) get no entry, which means 'not "
+                   f"quantized', and QAIRT picks their float precision (float16 edits are not kept): {names(floats)}")
+    return out
+
+
 def write_overrides(path, encodings, kinds, version=DEFAULT_VERSION, quantizer_args=None, protect=(),
-                    target: str | None = None) -> Path:
-    """Write an overrides file atomically."""
+                    target: str | None = None, partial: bool = False) -> Path:
+    """Write an overrides file atomically. `partial`: only some tensors (the edited ones), which 2.0.0
+    cannot express: there a missing entry means "not quantized", not "the default"."""
+    if partial and version == "2.0.0":
+        raise OverridesError("a partial 2.0.0 file would make every tensor it leaves out float (in 2.0.0 a missing "
+                             "entry means 'not quantized') and cannot state float edits; export all tensors in "
+                             "2.0.0, or the edited ones in 1.0.0")
     doc = overrides_dict(encodings, kinds, version, quantizer_args, target)
     return atomic_write(path, json.dumps(doc, indent=2) + "\n", protect=protect)
 
@@ -250,6 +280,12 @@ def _read_0_6_1(name, entries, axis_hint, problems, warnings) -> Encoding | None
             warnings.append(f"{name}: range [{lo.min()}, {hi.max()}] does not include 0; widened to include it "
                             f"(as QNN does)")
             lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+        offsets = [_number(e.get("offset")) for e in entries]
+        if symmetric and _strict_offsets(offsets, int(bw)):
+            # A strict symmetric grid (AIMET writes offset -(2^(bw-1) - 1)): min/max span one step
+            # fewer than QNN's recomputation assumes, so take the grid the file states.
+            scale = (hi - lo) / (2 ** int(bw) - 2)
+            return _scale_offset(name, bw, scale.tolist(), offsets, symmetric, axis, problems)
         # QNN recomputes scale and offset from min/max for this format, so do we.
         return encoding_from_min_max(lo, hi, int(bw), symmetric=symmetric, axis=axis)
     if all("scale" in e and "offset" in e for e in entries):
@@ -357,7 +393,13 @@ def _scale_offset(name, bw, scales, offsets, symmetric, axis, problems) -> Encod
         offset=tuple(int(o) for o in offsets),
         symmetric=symmetric,
         axis=axis,
+        strict=symmetric and _strict_offsets(offsets, int(bw)),
     )
+
+
+def _strict_offsets(offsets, bw: int) -> bool:
+    """AIMET's reading of a symmetric entry: strict when every offset is -(2^(bw-1) - 1)."""
+    return bool(offsets) and all(o is not None and o == -(2 ** (bw - 1) - 1) for o in offsets)
 
 
 def parse_overrides(doc, index=None, source: str = "overrides") -> tuple[dict[str, Encoding], list[str]]:

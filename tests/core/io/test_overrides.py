@@ -8,6 +8,7 @@ from qinspect.core.errors import OverridesError
 from qinspect.core.io.overrides import (
     VERSIONS,
     apply_overrides,
+    format_warnings,
     overrides_dict,
     parse_overrides,
     read_overrides,
@@ -173,3 +174,72 @@ def test_write_refuses_input_and_missing_folder(tmp_path):
     assert model.read_bytes() == b"model"
     with pytest.raises(QInspectError, match="does not exist"):
         write_overrides(tmp_path / "missing" / "x.json", enc, {"t": "activation"})
+
+
+@pytest.fixture
+def strict_and_unsigned(index):
+    """Strict symmetric weights and activations, and an unsigned symmetric never-negative activation."""
+    rng = np.random.default_rng(2)
+    stats = {name: TensorStats.of(rng.standard_normal(500) * (i + 1)) for i, name in enumerate(index.activations())}
+    stats["sig_out"] = TensorStats.of(rng.uniform(0.1, 0.9, 500))
+    plan = PrecisionPlan()
+    plan.defaults.strict_symmetric = True
+    plan.set("logits", symmetric=True)
+    plan.set("sig_out", symmetric=True, unsigned=True, strict=False)
+    return derive_encodings(index, stats, plan)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_strict_and_unsigned_symmetric_round_trip(tmp_path, index, strict_and_unsigned, version):
+    enc = strict_and_unsigned
+    assert enc["conv1.weight"].strict and enc["logits"].strict and set(enc["logits"].offset) == {-127}
+    assert enc["sig_out"].offset == (0,) and not enc["sig_out"].strict  # unsigned: the grid starts at 0
+    path = write_overrides(tmp_path / f"e_{version}.json", enc, kinds(index, enc), version)
+    back, _ = read_overrides(path, index)
+    for name in ("conv1.weight", "logits", "sig_out", "input"):
+        a, b = enc[name], back[name]
+        np.testing.assert_allclose(b.scale, a.scale, rtol=1e-9, err_msg=f"{version} {name}")
+        if version == "2.0.0" and a.strict:  # ONNX has no narrow range: the same grid plus one point
+            assert set(b.offset) == {-128} and not b.strict
+            continue
+        assert (b.offset, b.strict) == (a.offset, a.strict), (version, name)
+    warnings = format_warnings(enc, version)
+    if version == "1.0.0":
+        assert warnings == []
+    else:  # each of the other two says what it cannot carry
+        assert any("strict" in w and "conv1.weight" in w for w in warnings)
+
+
+def test_strict_from_the_command_line(tmp_path, capsys):
+    from qinspect.cli import main
+
+    model = tmp_path / "m.onnx"
+    import onnx
+
+    onnx.save_model(small_cnn(), model)
+    np.save(tmp_path / "x.npy", np.random.default_rng(3).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "e.json"
+    assert main(["calibrate", str(model), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--format", "1.0.0",
+                 "--strict-symmetric", "--unsigned-symmetric", "-q"]) == 0
+    doc = json.loads(out.read_text())
+    w = next(e for e in doc["param_encodings"] if e["name"] == "conv1.weight")
+    assert set(w["offset"]) == {-127}  # what AIMET reads as strict
+    acts = {e["name"]: e for e in doc["activation_encodings"]}
+    assert acts["input"]["is_sym"] is False  # strict and unsigned refine symmetric tensors only
+
+
+def test_partial_2_0_0_is_refused_with_the_alternative(tmp_path, index, encodings):
+    with pytest.raises(OverridesError, match="export all tensors in 2.0.0, or the edited ones in 1.0.0"):
+        write_overrides(tmp_path / "p.json", encodings, kinds(index, encodings), "2.0.0", partial=True)
+    assert not (tmp_path / "p.json").exists()
+    write_overrides(tmp_path / "p.json", encodings, kinds(index, encodings), "1.0.0", partial=True)
+    warnings = format_warnings(encodings, "2.0.0")
+    assert any("2.0.0 cannot state float" in w and "sig_out" in w for w in warnings)
+
+
+def test_2_0_0_keeps_the_bias_encodings_the_converter_would_otherwise_leave_float(index, encodings):
+    from qinspect.core.io.overrides import file_encodings
+
+    kept = file_encodings(index, encodings, target="qnn-htp", version="2.0.0")
+    left = file_encodings(index, encodings, target="qnn-htp", version="1.0.0")
+    assert "conv1.bias" in kept and "conv1.bias" not in left
