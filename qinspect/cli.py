@@ -194,12 +194,15 @@ def run_export(args) -> int:
             if not args.quiet or line.startswith("warning"):
                 print(line if line.startswith("wrote") else f"qinspect: {line}", file=sys.stderr)
     if args.ort_overrides:
-        from .core.io.ort_overrides import write_ort_overrides
+        from .core.io.ort_overrides import call_lines, ort_overrides_dict, write_ort_overrides
 
         out = write_ort_overrides(args.ort_overrides, index, encodings, protect=protect + [args.qdq])
+        doc = ort_overrides_dict(index, encodings)
+        for note in doc["notes"]:
+            print(f"qinspect: note: {note}", file=sys.stderr)
         if not args.quiet:
-            print(f"wrote {out}: onnxruntime TensorQuantOverrides (pass with qinspect.core.io.ort_overrides."
-                  "read_ort_overrides to quantize_static)", file=sys.stderr)
+            print(f"wrote {out}: onnxruntime TensorQuantOverrides; onnxruntime takes them as", file=sys.stderr)
+            print("\n".join("  " + line for line in call_lines(doc, out)), file=sys.stderr)
     return 0
 
 

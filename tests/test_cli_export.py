@@ -30,6 +30,9 @@ def test_export_writes_a_runnable_qdq_model(encodings, tmp_path, capsys):
     assert main(["export", MODEL, "--encodings", str(encodings), "--qdq", str(qdq), "--ort-overrides", str(ort_json)]) == 0
     err = capsys.readouterr().err
     assert "wrote" in err and "opset 13" in err
+    # how the onnxruntime overrides go to quantize_static, with its documented keyword arguments
+    assert "quantize_static(model_in, model_out" in err and "nodes_to_exclude=[]" in err
+    assert f"read_ort_overrides('{ort_json}')" in err
     with np.load(TEST) as f:
         x, y = f["input"], f["labels"]
     (logits,) = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})

@@ -8,8 +8,11 @@ type), mapped from qinspect's encodings as the QDQ exporter maps them (spec 4.2)
 What onnxruntime's quantizer cannot be told this way:
 - biases: onnxruntime derives int32 biases from input scale x weight scale itself (our rule too);
   `ort_quantize_kwargs` sets ``QDQDisableWeightAdjustForInt32Bias`` so it keeps our weight scales;
-- float16/float32 tensors: there is no "keep float" override; `ort_quantize_kwargs` lists their
-  nodes in ``nodes_to_exclude``, which is coarser (a whole node stays float).
+- float16/float32 tensors: there is no "keep float" override. `ort_quantize_kwargs` lists in
+  ``nodes_to_exclude`` the nodes that make and read each float tensor (whole fused groups, so the
+  quantizer adds nothing inside a Conv+Relu), which keeps it float and adds no quantizer qinspect
+  does not have; the integer tensors those nodes had come out float too (whole nodes only), and
+  `ort_overrides_dict` names them in ``left_float`` and its notes.
 
 `write_ort_overrides` stores the same thing as JSON (types as names, numbers as numbers) and
 `read_ort_overrides` turns such a file back into keyword arguments for `quantize_static`.
@@ -21,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant.encoding import Encoding
 from ..errors import OverridesError
-from .files import atomic_write, read_json
 from ..graph.edit import opset_of
+from ..quant.encoding import Encoding
 from ..quant.qparams import QParams, complete_encodings, onnx_qparams
+from .files import atomic_write, read_json
 
 FORMAT = "onnxruntime-tensor-quant-overrides"
 QUANT_TYPES = {  # (bits, signed) -> onnxruntime QuantType name
@@ -48,11 +51,53 @@ def _entries(qp: QParams, axis: int | None) -> list[dict]:
     return rows
 
 
-def _plain(index, encodings: dict[str, Encoding]) -> tuple[dict, list[str], list[str]]:
-    """JSON-friendly overrides, nodes to exclude, and notes."""
+def _group(index, node: str) -> list[str]:
+    """`node` with the op it is fused with (Conv -> Relu): onnxruntime's quantizer must keep both
+    float or neither, else it quantizes the tensor between them, which qinspect never does."""
+    for head, out in index.fused_output.items():
+        act = index.tensors[out].producer if out in index.tensors else None
+        if act and act != head and node in (head, act):
+            return [head, act]
+    return [node]
+
+
+def _float_nodes(index, encodings) -> tuple[list[str], list[str]]:
+    """Nodes onnxruntime's quantizer must leave alone so that every float tensor of the plan stays
+    float: the producer and the consumers of each float activation (aliases of one included), and
+    the consumers of float weights; plus what that costs (integer tensors those nodes had)."""
+    floats = [n for n, t in index.targets.items() if t.kind != "bias" and encodings.get(n) is not None
+              and encodings[n].is_float]
+    tensors = set(floats) | {a for a in index.aliases if index.encoding_source(a) in floats}
+    exclude: list[str] = []
+    for name in sorted(tensors, key=list(index.tensors).index):
+        info = index.tensors.get(name)
+        nodes = list(info.consumers) if info else []
+        if index.targets.get(name) is None or index.targets[name].kind == "activation":
+            nodes = ([info.producer] if info and info.producer else []) + nodes
+        for node in nodes:
+            exclude += [n for n in _group(index, node) if n not in exclude]
+    lost = []
+    for node in exclude:  # weights and biases of the excluded nodes stay float
+        group = index.op_groups().get(node)
+        for t in (group.weight, group.bias) if group else ():
+            if t and t in encodings and not encodings[t].is_float and t not in lost:
+                lost.append(t)
+    excluded = set(exclude)
+    ints = [n for n, t in index.targets.items() if t.kind == "activation" and encodings.get(n) is not None
+            and not encodings[n].is_float]
+    for name in ints:  # an activation no quantized node makes or reads gets no quantizer there either
+        info = index.tensors.get(name)
+        nodes = ([info.producer] if info.producer else []) + list(info.consumers) if info else []
+        if nodes and all(n in excluded for n in nodes):
+            lost.append(name)
+    return exclude, lost
+
+
+def _plain(index, encodings: dict[str, Encoding]) -> tuple[dict, list[str], list[str], list[str]]:
+    """JSON-friendly overrides, nodes to exclude, notes, and the integer tensors they leave float."""
     encodings = complete_encodings(index, encodings)
     overrides: dict[str, list[dict]] = {}
-    exclude: list[str] = []
+    exclude, lost = _float_nodes(index, encodings)
     floats, unexpressible = [], []
     for name, target in index.targets.items():
         enc = encodings.get(name)
@@ -60,10 +105,6 @@ def _plain(index, encodings: dict[str, Encoding]) -> tuple[dict, list[str], list
             continue
         if enc.is_float:
             floats.append(name)
-            nodes = [target.node] if target.kind == "activation" and target.node else []
-            if target.kind != "activation":
-                nodes = list(index.tensors[name].consumers)
-            exclude += [n for n in nodes if n not in exclude]
             continue
         qp = onnx_qparams(enc)
         if qp is None or (qp.bw, qp.signed) not in QUANT_TYPES:
@@ -78,10 +119,15 @@ def _plain(index, encodings: dict[str, Encoding]) -> tuple[dict, list[str], list
                 overrides[alias] = _entries(qp, None)
     notes = []
     if floats:
-        notes.append(f"{len(floats)} tensor(s) stay float; their nodes are in nodes_to_exclude: {', '.join(floats[:6])}")
+        notes.append(f"{len(floats)} tensor(s) stay float: the nodes that make and read them are in "
+                     f"nodes_to_exclude ({', '.join(exclude[:8])}{' ...' if len(exclude) > 8 else ''})")
+    if lost:
+        notes.append(f"onnxruntime's quantizer can keep a tensor float only by leaving whole nodes float, so these "
+                     f"integer tensors of qinspect's plan come out float in its model (qinspect's own QDQ export "
+                     f"keeps them): {', '.join(lost[:8])}{' ...' if len(lost) > 8 else ''}")
     if unexpressible:
         notes.append(f"no onnxruntime quant type for: {', '.join(unexpressible[:6])}")
-    return overrides, exclude, notes
+    return overrides, exclude, notes, lost
 
 
 def _to_ort(plain: dict) -> dict:
@@ -110,7 +156,7 @@ def ort_tensor_quant_overrides(index, encodings: dict[str, Encoding]) -> dict:
 
 def ort_quantize_kwargs(index, encodings: dict[str, Encoding]) -> dict:
     """Keyword arguments for `quantize_static(model_in, model_out, reader, **kwargs)`."""
-    plain, exclude, _ = _plain(index, encodings)
+    plain, exclude, _, _ = _plain(index, encodings)
     return _kwargs(_to_ort(plain), exclude, _extra(index, plain))
 
 
@@ -136,7 +182,7 @@ def _kwargs(overrides: dict, exclude: list[str], extra: dict) -> dict:
 
 
 def ort_overrides_dict(index, encodings: dict[str, Encoding]) -> dict:
-    plain, exclude, notes = _plain(index, encodings)
+    plain, exclude, notes, lost = _plain(index, encodings)
     return {
         "format": FORMAT,
         "producer": "qinspect",
@@ -144,7 +190,24 @@ def ort_overrides_dict(index, encodings: dict[str, Encoding]) -> dict:
         "nodes_to_exclude": exclude,
         "extra_options": _extra(index, plain),
         "notes": notes,
+        "left_float": lost,  # integer in qinspect's plan, float in the model quantize_static makes
     }
+
+
+def call_lines(doc: dict, path) -> list[str]:
+    """How the file goes to onnxruntime: quantize_static with the keyword arguments it becomes."""
+    extra = dict(doc["extra_options"])
+    overrides = doc["TensorQuantOverrides"]
+    per_channel = any("axis" in rows[0] for rows in overrides.values())
+    extras = ", ".join(f"{k!r}: {v!r}" for k, v in extra.items())
+    return [
+        "onnxruntime.quantization.quantize_static(model_in, model_out, calibration_reader,",
+        "    quant_format=QuantFormat.QDQ,",
+        f"    per_channel={per_channel},",
+        f"    nodes_to_exclude={doc['nodes_to_exclude']!r},",
+        f"    extra_options={{'TensorQuantOverrides': <{len(overrides)} tensors from the file>, {extras}}})",
+        f"  # the same keyword arguments in Python: qinspect.core.io.ort_overrides.read_ort_overrides({str(path)!r})",
+    ]
 
 
 def write_ort_overrides(path, index, encodings: dict[str, Encoding], *, protect=()) -> Path:

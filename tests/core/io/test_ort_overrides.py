@@ -105,3 +105,46 @@ def test_json_round_trip(setup):
             assert a["zero_point"].dtype == b["zero_point"].dtype
     quantized = quantize(path, folder / "ort_fp.onnx", x, kwargs)
     assert np.isfinite(run(quantized, x)).all()
+
+
+def _quantized(model) -> dict:
+    """Every tensor a QDQ model quantizes (by its original name) -> its scale."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" or (n.op_type == "DequantizeLinear" and n.input[0] in inits):
+            name = n.input[0] if n.op_type == "QuantizeLinear" else n.output[0]
+            for suffix in ("_DequantizeLinear_Output", "_QuantizeLinear_Input", "_float"):
+                name = name.replace(suffix, "")
+            out[name] = inits[n.input[1]]
+    return out
+
+
+@pytest.mark.parametrize("target", ["qnn-htp", "ort-cpu"])
+def test_quantize_static_places_what_qinspect_places_with_a_float_edit(setup, target):
+    """Node by node: onnxruntime's quantizer, fed the exported overrides, quantizes exactly the tensors
+    qinspect's own QDQ export quantizes, with the same scales, except the ones the notes name (it can
+    keep a tensor float only by leaving whole nodes float). It adds no quantizer of its own."""
+    import inspect
+
+    from qinspect.core.io.ort_overrides import ort_overrides_dict
+    from qinspect.core.io.qdq import build_qdq_model
+    from qinspect.core.ptq.prepare import prepare_model
+
+    folder, path, _, x, _ = setup
+    index = prepare_model(path, target)
+    stats = calibrate(index, open_data(str(folder / "x.npy"), index.inputs)).stats
+    plan = PrecisionPlan(target=target)
+    plan.set("relu1_out", dtype="float", bw=32)  # a Conv+Relu output, read by a MaxPool, then a Conv
+    encodings = derive_encodings(index, stats, plan)
+    kwargs = ort_quantize_kwargs(index, encodings)
+    assert set(kwargs) <= set(inspect.signature(quantize_static).parameters)  # documented keyword arguments
+    theirs = _quantized(onnx.load(quantize(path, folder / f"float_{target}.onnx", x, kwargs)))
+    ours = _quantized(build_qdq_model(index, encodings, target)[0])
+    doc = ort_overrides_dict(index, encodings)
+    lost = set(doc["left_float"])
+    assert all(n in " ".join(doc["notes"]) for n in lost)  # and the notes say so
+    print(f"\n{target}: nodes_to_exclude {kwargs['nodes_to_exclude']}; not expressible: {sorted(lost)}")
+    assert set(theirs) == set(ours) - lost and "pool_out" not in theirs and "conv1_out" not in theirs
+    for name in theirs:
+        np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-6, err_msg=name)
