@@ -116,10 +116,12 @@ class PrecisionEditor(QWidget):
         form.addRow("Percentile", self.percentile_spin)
         checks = QHBoxLayout()
         checks.addWidget(self.symmetric_check)
-        checks.addWidget(self.strict_check)
-        checks.addWidget(self.unsigned_check)
         checks.addWidget(self.per_channel_check)
         form.addRow(checks)
+        refine = QHBoxLayout()  # a row of their own: the editor must not get wider (small screens)
+        refine.addWidget(self.strict_check)
+        refine.addWidget(self.unsigned_check)
+        form.addRow(refine)
         form.addRow("Min", self.min_edit)
         form.addRow("Max", self.max_edit)
         buttons = QHBoxLayout()
@@ -316,7 +318,7 @@ class PrecisionEditor(QWidget):
             return "No encoding yet: calibrate to get a range."
         if enc.is_float:
             return f"float{enc.bw}: no scale or offset"
-        kind = "symmetric" if enc.symmetric else "asymmetric"
+        kind = "strict symmetric" if enc.strict else ("symmetric" if enc.symmetric else "asymmetric")
         bits = "int8 on a 7-bit grid" if enc.bw == 7 else f"int{enc.bw}"
         if enc.per_channel and len(enc.scale) > 1:
             scales = enc.scales
