@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .edit import NameMaker
+
 CARRIERS = frozenset({"If", "Loop", "Scan"})
 
 
@@ -48,33 +50,6 @@ def _scopes(graph: onnx.GraphProto, parent=None, out=None) -> dict:
     return out
 
 
-class _Names:
-    def __init__(self, model: onnx.ModelProto):
-        self.taken: set[str] = set()
-
-        def visit(g):
-            self.taken.update(v.name for v in list(g.input) + list(g.output) + list(g.value_info))
-            self.taken.update(t.name for t in g.initializer)
-            for n in g.node:
-                self.taken.update(n.input)
-                self.taken.update(n.output)
-                for _, sub in _subgraph_attrs(n):
-                    visit(sub)
-                for a in n.attribute:
-                    if a.type == onnx.AttributeProto.GRAPHS:
-                        for sub in a.graphs:
-                            visit(sub)
-
-        visit(model.graph)
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
-
-
 def _empty(name: str, elem: int, rank: int) -> onnx.NodeProto:
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     value = numpy_helper.from_array(np.zeros((0,) * max(rank, 1), dtype=dtype))
@@ -91,7 +66,7 @@ def lift(model: onnx.ModelProto, names: Iterable[str], elem: dict[str, int],
     """
     rank = rank or {}
     scopes = _scopes(model.graph)
-    fresh = _Names(model)
+    fresh = NameMaker(model)
     exposed: dict[str, str] = {}
     refused: dict[str, str] = {}
     outputs = {o.name for o in model.graph.output}
