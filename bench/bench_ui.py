@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     messages.handler = lambda level, title, text: None  # no dialogs in a benchmark
+    messages.answerer = lambda title, text, choices: "Discard"  # nor questions (unsaved work on close)
     sizes = models_options(args.quick)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

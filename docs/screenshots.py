@@ -32,6 +32,7 @@ def wait_for(signal, ms: int = 60_000) -> None:
 def main() -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     messages.handler = lambda level, title, text: print(f"{level}: {title}: {text}", file=sys.stderr)
+    messages.answerer = lambda title, text, choices: "Discard"  # closing asks about unsaved work
     window = create_main_window()
     window.resize(1500, 900)
     window.show()

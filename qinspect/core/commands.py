@@ -73,6 +73,7 @@ class CommandStack:
         self._done: list[Command] = []
         self._undone: list[Command] = []
         self._listeners: list[Callable[[], None]] = []
+        self._clean_top: Command | None = None  # the command on top when the state was last saved
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -105,7 +106,17 @@ class CommandStack:
     def clear(self) -> None:
         self._done.clear()
         self._undone.clear()
+        self._clean_top = None
         self._emit()
+
+    def set_clean(self) -> None:
+        """The state as it is now is saved: `is_clean` until the next edit, undo or redo."""
+        self._clean_top = self._done[-1] if self._done else None
+        self._emit()
+
+    @property
+    def is_clean(self) -> bool:
+        return (self._done[-1] if self._done else None) is self._clean_top
 
     @property
     def can_undo(self) -> bool:

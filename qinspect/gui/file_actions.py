@@ -68,10 +68,9 @@ class FileActionsMixin:
         if path:
             self.open_session(path)
 
-    def _ask_save_session(self) -> None:
+    def _ask_save_session(self) -> bool:
         path, _ = QFileDialog.getSaveFileName(self, "Save session", self._default_path(".qinspect"), SESSION_FILTER)
-        if path:
-            self.save_session(path)
+        return bool(path) and self.save_session(path)
 
     def _ask_calibrate(self) -> None:
         if self.project.index is None:

@@ -59,6 +59,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.project = project or Project()
         self.stack = CommandStack(self.project)
         self.jobs: list[JobThread] = []
+        self._session_path: str | None = None  # where Save puts the session without asking
+        self._unsaved_stats = False  # a calibration no saved session holds
         self.flagged: list = []  # calibration diagnostics (blown-up ranges) the user may keep in float
         self._calibration: JobThread | None = None
 
@@ -105,6 +107,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.addToolBar(self.target_bar)
         self.project.subscribe(self._on_project)
         self.stack.subscribe(self._update_undo)
+        self.stack.subscribe(self._update_modified)
         self._update_undo()
         self._update_title()
         self._update_summary()
@@ -254,9 +257,46 @@ class MainWindow(FileActionsMixin, QMainWindow):
             self.recentMenu.addAction("(none)").setEnabled(False)
 
     # --- opening ---------------------------------------------------------------------------------
+    # --- unsaved work --------------------------------------------------------------------------
+    @property
+    def modified(self) -> bool:
+        """Edits or statistics that no saved session holds."""
+        return self.project.index is not None and (not self.stack.is_clean or self._unsaved_stats)
+
+    def _update_modified(self) -> None:
+        self.setWindowModified(self.modified)
+
+    def _mark_saved(self, session_path) -> None:
+        self._session_path = str(session_path)
+        self._unsaved_stats = False
+        self.stack.set_clean()
+        self._update_modified()
+
+    def maybe_save(self, what: str) -> bool:
+        """Before work could be lost: ask Save / Discard / Cancel. True when it is fine to go on."""
+        if not self.modified:
+            return True
+        answer = messages.ask(self, "Unsaved changes", f"The edits and statistics of {self._document_name()} "
+                              f"are not saved in a session. Save them before you {what}?")
+        if answer == "Cancel":
+            return False
+        if answer == "Save":
+            return self._save_for_later()
+        return True
+
+    def _document_name(self) -> str:
+        path = self.project.model_path
+        return Path(path).name if path else "this model"
+
+    def _save_for_later(self) -> bool:
+        """Save to the session last saved or opened, else ask where."""
+        if self._session_path:
+            return self.save_session(self._session_path)
+        return self._ask_save_session()
+
     def open_model(self, path) -> bool:
         """Open a model; a failure shows its cause and keeps what was open."""
-        if self._busy("open a model"):
+        if self._busy("open a model") or not self.maybe_save("open another model"):
             return False
         try:
             self.project.open_model(str(path))
@@ -282,7 +322,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         return self.open_model(EXAMPLE_MODEL)
 
     def open_session(self, path) -> bool:
-        if self._busy("open a session"):
+        if self._busy("open a session") or not self.maybe_save("open another session"):
             return False
         try:
             loaded = Project.from_session(path)
@@ -293,6 +333,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.project.plan = loaded.plan
         self.project.set_stats(loaded.stats, loaded.samples, loaded.data_spec, loaded.data_options)
         self.stack.clear()
+        self._mark_saved(path)
         problems = refusals(loaded.index, loaded.plan)
         if problems:  # saved before a rule existed, or by a script: say so rather than refuse the session
             messages.notify(self, "warning", f"The session holds settings {loaded.plan.target} cannot run",
@@ -300,7 +341,10 @@ class MainWindow(FileActionsMixin, QMainWindow):
         return True
 
     def save_session(self, path) -> bool:
-        return self._write(lambda: self.project.save_session(path), "Cannot save the session")
+        if not self._write(lambda: self.project.save_session(path), "Cannot save the session"):
+            return False
+        self._mark_saved(path)
+        return True
 
     def import_encodings(self, path) -> bool:
         """Load an encodings/overrides file as one undoable edit of the plan."""
@@ -361,6 +405,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
             if percentile:
                 self.project.plan.defaults.percentile = float(percentile)
             self.project.set_stats(result.stats, result.samples, str(data), data_options)
+            self._unsaved_stats = True
+            self._update_modified()
             self.flagged = list(result.diagnostics)
             self.actionKeepFlaggedFloat.setEnabled(bool(self.flagged))
             notes = list(result.warnings)
@@ -452,6 +498,9 @@ class MainWindow(FileActionsMixin, QMainWindow):
         return self.live_error.wait(max(0, deadline.remainingTime())) and done
 
     def closeEvent(self, event) -> None:
+        if not self.maybe_save("quit"):
+            event.ignore()
+            return
         self.cancel()
         self.live_error.stop(5000)
         self.wait_for_jobs(5000)
@@ -460,6 +509,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
     # --- project and selection ---------------------------------------------------------------------
     def _on_project(self, event: str, names) -> None:
         if event == "model":
+            self._session_path, self._unsaved_stats = None, False
             self.flagged = []
             self.actionKeepFlaggedFloat.setEnabled(False)
             self.stack.clear()
@@ -471,7 +521,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
     def _update_title(self) -> None:
         path = self.project.model_path
         name = f" — {Path(path).name}" if path else ""
-        self.setWindowTitle(f"qinspect{name} [{self.project.target}]")
+        self.setWindowTitle(f"qinspect{name} [{self.project.target}][*]")  # [*]: Qt's unsaved-changes mark
 
     def _on_selection(self, names: list) -> None:
         self.editor.set_selection(names)

@@ -87,7 +87,7 @@ class SensitivityPanel(QWidget):
         self.run_button = QPushButton("Run sensitivity", objectName="runSensitivityButton")
         self.run_button.setToolTip("For each quantizer group: the output SQNR when only it is quantized, "
                                    "and when only it is kept in float (Ctrl+Shift+R)")
-        self.run_button.clicked.connect(self.run)
+        self.run_button.clicked.connect(lambda: self.run())  # clicked(bool) must not become the sample count
         self.status = QLabel(objectName="sensitivityStatus", wordWrap=True)
         self.k_spin = QSpinBox(objectName="promoteCountSpin", minimum=1, maximum=1, value=1)
         self.k_spin.setPrefix("top ")

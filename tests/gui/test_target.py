@@ -22,10 +22,10 @@ def cell(window, name, column, role=Qt.DisplayRole):
 def test_target_combo_is_an_undoable_edit_and_the_table_shows_the_rule(qtbot, window, messages):
     calibrate(qtbot, window)
     combo = window.findChild(QComboBox, "targetCombo")
-    assert combo.currentText() == "qnn-htp" and window.windowTitle().endswith("[qnn-htp]")
+    assert combo.currentText() == "qnn-htp" and "[qnn-htp]" in window.windowTitle()
     assert cell(window, "conv2.weight", BW) == "8"
     combo.setCurrentText("ort-cpu")
-    assert window.project.target == "ort-cpu" and window.windowTitle().endswith("[ort-cpu]")
+    assert window.project.target == "ort-cpu" and "[ort-cpu]" in window.windowTitle()
     assert cell(window, "conv2.weight", BW) == "8 (7-bit grid)"
     assert cell(window, "conv2.weight", BW, Qt.FontRole).italic()
     tip = cell(window, "conv2.weight", COLUMNS.index("Name"), Qt.ToolTipRole)
