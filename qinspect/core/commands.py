@@ -16,6 +16,27 @@ class Command:
         raise NotImplementedError
 
 
+_WORDS = {"bw": "bitwidth", "per_channel": "per channel"}
+
+
+def describe(changes: dict) -> str:
+    """Edit fields as a person reads them: "bitwidth 16, dtype float", "range [-1, 2]", "scheme default"."""
+    parts = []
+    for key, value in changes.items():
+        word = _WORDS.get(key, key)
+        if value is None:
+            parts.append(f"{word} default")
+        elif isinstance(value, bool):
+            parts.append(f"{word} {'on' if value else 'off'}")
+        elif key == "range":
+            parts.append(f"range [{value[0]:g}, {value[1]:g}]")
+        elif key == "encoding":
+            parts.append("an exact encoding")
+        else:
+            parts.append(f"{word} {value:g}" if isinstance(value, float) else f"{word} {value}")
+    return ", ".join(parts)
+
+
 class EditTensors(Command):
     """Set the same fields (bw, dtype, scheme, range, ...) on one or more tensors."""
 
@@ -23,9 +44,8 @@ class EditTensors(Command):
         self.names = list(names)
         self.changes = changes
         self.previous = None
-        what = ", ".join(f"{k}={v}" for k, v in changes.items())
         target = self.names[0] if len(self.names) == 1 else f"{len(self.names)} tensors"
-        self.label = label or f"set {what} on {target}"
+        self.label = label or f"set {describe(changes)} on {target}"
 
     def do(self, project) -> None:
         self.previous = project.apply_edit(self.names, self.changes)

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qinspect.core.commands import EditTensors
+from qinspect.core.commands import EditTensors, SetEdits
 from qinspect.core.plan import resolve
 from qinspect.core.quant.ranges import SCHEMES
 from qinspect.core.targets.profiles import get_target
@@ -254,8 +254,11 @@ class PrecisionEditor(QWidget):
         self.bitwidth_combo.setCurrentIndex(-1 if bw is MIXED else self.bitwidth_combo.findData(bw))
 
         is_int = dtype == "int"
-        scheme = _common(s.scheme for s in settings)
-        self.scheme_combo.setCurrentIndex(-1 if scheme is MIXED else self.scheme_combo.findData(scheme))
+        # an imported encoding has no scheme: the file's numbers are used as they are
+        imported = _common(e.encoding is not None for e in edits)
+        scheme = "imported" if imported is True else _common(s.scheme for s in settings)
+        self.scheme_combo.setCurrentIndex(self.scheme_combo.findData(scheme) if scheme in SCHEMES else -1)
+        self.scheme_combo.setPlaceholderText("(mixed)" if scheme is MIXED else "imported")
         self.scheme_combo.setEnabled(is_int)
         percentile = _common(s.percentile for s in settings)
         self.percentile_spin.setValue(self.percentile_spin.minimum() if percentile is MIXED else percentile)
@@ -382,7 +385,20 @@ class PrecisionEditor(QWidget):
                             f"Min {lo:g} is above max {hi:g}: type a min that is not above the max.")
             self.refresh()
             return
-        self._push(range=(lo, hi))
+        plan = self._project.plan
+        imported = {n: plan.edit(n).encoding for n in self._names if plan.edit(n).encoding is not None}
+        if not imported:
+            self._push(range=(lo, hi))
+            return
+        # A typed range replaces an imported encoding (which wins over a range), keeping its bitwidth.
+        changes = {n: {"range": (lo, hi), **({"encoding": None, "bw": imported[n].bw,
+                                              "symmetric": imported[n].symmetric} if n in imported else {})}
+                   for n in self._names}
+        try:
+            self._stack.push(SetEdits(changes, f"set range [{lo:g}, {hi:g}] on {self._what()}"))
+        except ValueError as e:
+            messages.notify(self, "warning", "Edit refused", str(e))
+            self.refresh()
 
     def _on_event(self, event: str, names) -> None:
         if event in ("model", "stats"):

@@ -59,3 +59,37 @@ def test_unsaved_work_is_marked_and_asked_about(qtbot, window, messages, questio
     questions.answer = "Discard"
     window.close()
     assert not window.isVisible()
+
+
+def test_a_typed_range_replaces_an_imported_encoding(qtbot, window, messages, tmp_path):
+    from PySide6.QtWidgets import QComboBox
+
+    calibrate(qtbot, window)
+    path = tmp_path / "enc.json"
+    path.write_text(json.dumps({"version": "1.0.0", "param_encodings": [], "activation_encodings": [
+        {"name": "fc1_relu_out", "dtype": "INT", "enc_type": "PER_TENSOR", "bw": 8, "is_sym": False,
+         "scale": [0.05], "offset": [0]}]}))
+    assert window.import_encodings(path)
+    window.table.select(["fc1_relu_out"])
+    editor = window.editor
+    scheme = window.findChild(QComboBox, "schemeCombo")
+    assert scheme.currentIndex() == -1 and scheme.placeholderText() == "imported"  # not "tf"
+    editor.min_edit.setText("0")
+    editor.max_edit.setText("3")
+    editor.max_edit.returnPressed.emit()
+    enc = window.project.encodings["fc1_relu_out"]
+    assert enc.max[0] == pytest.approx(3.0, rel=0.01) and enc.scale[0] != 0.05
+    assert window.stack.undo_label == "set range [0, 3] on fc1_relu_out"
+    window.stack.undo()
+    assert window.project.encodings["fc1_relu_out"].scale == (0.05,)
+
+
+def test_undo_labels_read_as_words(qtbot, window):
+    from qinspect.core.commands import describe
+
+    assert describe({"bw": 16, "dtype": "float"}) == "bitwidth 16, dtype float"
+    assert describe({"bw": None, "symmetric": True, "per_channel": False}) == \
+        "bitwidth default, symmetric on, per channel off"
+    assert describe({"range": (-1.0, 2.5), "percentile": 99.9}) == "range [-1, 2.5], percentile 99.9"
+    window.stack.push(EditTensors(["logits"], bw=16))
+    assert window.actionUndo.text() == "&Undo set bitwidth 16 on logits"
