@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from ..core.commands import EditTensors
@@ -66,6 +66,18 @@ def _view_span(lo: float, hi: float, encoding: Encoding | None) -> tuple[float, 
     return max(min(lo, float(encoding.min.min())), lo - span), min(max(hi, float(encoding.max.max())), hi + span)
 
 
+
+class _LeaveUndoToTheWindow(QObject):
+    """Lets undo/redo keys reach the window's actions while a spin box has focus: its line edit
+    would claim them (ShortcutOverride) to undo its own text, so Ctrl+Z seemed to do nothing."""
+
+    def eventFilter(self, obj, event) -> bool:
+        if (event.type() == QEvent.Type.ShortcutOverride and event.key() in (Qt.Key.Key_Z, Qt.Key.Key_Y)
+                and event.modifiers() & Qt.KeyboardModifier.ControlModifier):
+            event.ignore()  # not claimed: the window's Undo (Ctrl+Z) / Redo (Ctrl+Shift+Z) shortcut runs
+            return True
+        return False
+
 class HistogramPanel(QWidget):
     """Histogram of one tensor with its encoding range as a draggable LinearRegionItem.
 
@@ -96,6 +108,9 @@ class HistogramPanel(QWidget):
         self.info = QLabel(objectName="histogramInfo", wordWrap=True)
         self.info.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.channel_spin = QSpinBox(objectName="channelSpin")
+        self._undo_keys = _LeaveUndoToTheWindow(self)  # a spin box claims Ctrl+Z for its text
+        for w in (self.channel_spin, self.channel_spin.lineEdit()):
+            w.installEventFilter(self._undo_keys)
         self.channel_spin.setSpecialValueText("whole tensor")
         self.channel_spin.setRange(-1, -1)
         self.channel_spin.setToolTip("Channel whose histogram to show (-1: the whole tensor)")

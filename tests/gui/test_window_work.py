@@ -93,3 +93,20 @@ def test_undo_labels_read_as_words(qtbot, window):
     assert describe({"range": (-1.0, 2.5), "percentile": 99.9}) == "range [-1, 2.5], percentile 99.9"
     window.stack.push(EditTensors(["logits"], bw=16))
     assert window.actionUndo.text() == "&Undo set bitwidth 16 on logits"
+
+
+def test_undo_keys_work_while_the_channel_box_has_focus(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    calibrate(qtbot, window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.stack.push(EditTensors(["conv1.weight"], bw=4))
+    window.table.select(["conv1.weight"])
+    spin = window.histogram.channel_spin
+    spin.setFocus()
+    qtbot.waitUntil(spin.hasFocus, timeout=5000)
+    qtbot.keyClick(spin, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not window.stack.can_undo and window.project.plan.edited() == []
+    qtbot.keyClick(spin, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert window.project.plan.edit("conv1.weight").bw == 4
