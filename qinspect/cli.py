@@ -384,7 +384,10 @@ def run_calibrate(args) -> int:
     if args.session:
         from .core.io.session import Session, save_session
 
-        save_session(args.session, Session(args.model, args.data, result.stats, plan), protect=protect)
+        options = {k: v for k, v in (("image_size", args.image_size), ("mean", args.mean), ("std", args.std),
+                                     ("layout", args.layout), ("channels", args.channels)) if v is not None}
+        save_session(args.session, Session(args.model, args.data, result.stats, plan, options, result.samples),
+                     protect=protect)
     if not args.quiet:
         left = len(encodings) - len(written)
         print(f"wrote {out}: {len(written)} encodings for target {args.target} from {result.samples} samples in "

@@ -194,7 +194,7 @@ class Project:
     def save_session(self, path) -> Path:
         if self.index is None or self.index.path is None:
             raise ValueError("open a model from a file before saving a session")
-        session = Session(self.index.path, self.data_spec, self.stats, self.plan, self.data_options)
+        session = Session(self.index.path, self.data_spec, self.stats, self.plan, self.data_options, self.samples)
         return save_session(path, session, protect=[self.index.path])
 
     @classmethod
@@ -202,6 +202,7 @@ class Project:
         session = load_session(path)
         project = cls(prepare_model(session.model_path, session.plan.target), session.plan)
         project.stats = session.stats
+        project.samples = session.samples
         project.data_spec = session.data
         project.data_options = session.data_options
         return project

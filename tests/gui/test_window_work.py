@@ -110,3 +110,27 @@ def test_undo_keys_work_while_the_channel_box_has_focus(qtbot, window):
     assert not window.stack.can_undo and window.project.plan.edited() == []
     qtbot.keyClick(spin, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert window.project.plan.edit("conv1.weight").bw == 4
+
+
+def test_a_session_saved_from_the_command_line_reopens_elsewhere(qtbot, messages, tmp_path, monkeypatch):
+    import shutil
+
+    from qinspect.cli import main
+    from qinspect.gui import create_main_window
+    from qinspect.gui.file_actions import EXAMPLE_MODEL
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(EXAMPLE_DATA, work / "calib.npz")
+    monkeypatch.chdir(work)  # the paths are typed relative to here
+    assert main(["calibrate", str(EXAMPLE_MODEL), "--data", "calib.npz", "-o", "enc.json", "--samples", "64",
+                 "--session", "s.qinspect", "-q"]) == 0
+    doc = json.loads((work / "s.qinspect").read_text())
+    assert doc["data"] == str(work / "calib.npz") and doc["samples"] == 64
+    monkeypatch.chdir(tmp_path)  # reopened from somewhere else
+    window = create_main_window(session=str(work / "s.qinspect"))
+    qtbot.addWidget(window)
+    assert "calibrated on 64 samples" in window.summary.text()
+    with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
+        window.live_error.schedule(None)  # finds its data
+    assert window.live_error.sqnr and not [m for m in messages if m[0] == "error"]

@@ -21,6 +21,15 @@ class Session:
     stats: dict[str, TensorStats] = field(default_factory=dict)
     plan: PrecisionPlan = field(default_factory=PrecisionPlan)
     data_options: dict = field(default_factory=dict)
+    samples: int = 0  # how many samples the statistics came from
+
+
+def _absolute(data: str | None) -> str | None:
+    """A data path as typed (relative to where the command ran) made absolute, so the session opens
+    from anywhere; other DATA forms (random:N) stay as they are."""
+    if data and Path(data).exists():
+        return str(Path(data).resolve())
+    return data
 
 
 def session_dict(session: Session) -> dict:
@@ -28,7 +37,8 @@ def session_dict(session: Session) -> dict:
         "format": "qinspect-session",
         "schema_version": SCHEMA_VERSION,
         "model_path": str(Path(session.model_path).resolve()),
-        "data": session.data,
+        "data": _absolute(session.data),
+        "samples": int(session.samples),
         "data_options": session.data_options,
         "stats": {name: s.to_dict() for name, s in session.stats.items()},
         "plan": session.plan.to_dict(),
@@ -54,6 +64,7 @@ def load_session(path) -> Session:
             stats={name: TensorStats.from_dict(s) for name, s in doc.get("stats", {}).items()},
             plan=PrecisionPlan.from_dict(doc.get("plan", {})),
             data_options=doc.get("data_options", {}),
+            samples=int(doc.get("samples", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise QInspectError(f"{path}: the session file is damaged ({exc}); recalibrate and save again") from None
