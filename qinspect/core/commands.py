@@ -69,6 +69,21 @@ class SetEdits(Command):
         project.restore_edits(self.previous)
 
 
+class SetDefaults(Command):
+    """Change the plan's defaults (the scheme of every tensor, say)."""
+
+    def __init__(self, label: str, **changes):
+        self.changes = changes
+        self.previous = None
+        self.label = label
+
+    def do(self, project) -> None:
+        self.previous = project.set_defaults(**self.changes)
+
+    def undo(self, project) -> None:
+        project.set_defaults(**self.previous)
+
+
 class SetTarget(Command):
     """Switch the plan to another target (its rules then apply to every tensor)."""
 

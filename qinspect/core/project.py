@@ -100,6 +100,20 @@ class Project:
             self._emit("plan", None)
         return old.name
 
+    def set_defaults(self, **changes) -> dict:
+        """Change what every tensor gets unless edited (scheme, bitwidths, ...); returns the previous
+        values, for undo. Every encoding is derived again."""
+        from dataclasses import asdict
+
+        unknown = set(changes) - set(asdict(self.plan.defaults))
+        if unknown:
+            raise ValueError(f"unknown defaults: {', '.join(sorted(unknown))}")
+        previous = {k: getattr(self.plan.defaults, k) for k in changes}
+        self.plan.defaults = replace(self.plan.defaults, **changes)
+        self._encodings = self._effects = None
+        self._emit("plan", None)
+        return previous
+
     def set_stats(self, stats: dict[str, TensorStats], samples: int = 0, data_spec=None, data_options=None) -> None:
         self.stats = dict(stats)
         self.samples = samples

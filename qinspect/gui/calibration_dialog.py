@@ -1,6 +1,8 @@
 """The dialog that picks calibration data and options (every DATA form of design section 5)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,12 +32,15 @@ def _floats(text: str):
 class CalibrationDialog(QDialog):
     """Collects `data` (a DATA spec string) and calibration options; see `values()`."""
 
-    def __init__(self, parent=None, data: str = "", scheme: str = "tf"):
+    def __init__(self, parent=None, data: str = "", scheme: str = "tf", folder: str = ""):
         super().__init__(parent)
         self.setWindowTitle("Calibrate")
         self.setObjectName("calibrationDialog")
+        self.folder = folder  # where the file dialogs start when the field holds no path yet
         self.data_edit = QLineEdit(data)
         self.data_edit.setObjectName("dataEdit")
+        self.data_edit.setMinimumWidth(480)  # real paths are long
+        self.data_edit.setToolTip(data)
         self.data_edit.setPlaceholderText("file.npy, file.npz, list.txt, an image folder, or random:N")
         browse_file = QPushButton("File…")
         browse_file.clicked.connect(self._browse_file)
@@ -90,13 +95,23 @@ class CalibrationDialog(QDialog):
         layout.addWidget(images)
         layout.addWidget(buttons)
 
+    def start_folder(self) -> str:
+        """The folder of the path in the field, else the model's."""
+        text = self.data_edit.text().strip()
+        if text and not text.startswith("random:"):
+            here = Path(text).expanduser()
+            folder = here if here.is_dir() else here.parent
+            if folder.is_dir():
+                return str(folder)
+        return self.folder
+
     def _browse_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Calibration data", "", DATA_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Calibration data", self.start_folder(), DATA_FILTER)
         if path:
             self.data_edit.setText(path)
 
     def _browse_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder of images")
+        path = QFileDialog.getExistingDirectory(self, "Folder of images", self.start_folder())
         if path:
             self.data_edit.setText(path)
 

@@ -38,18 +38,26 @@ class FileActionsMixin:
 
     # --- dialogs (not used by tests: they call the methods above directly) ------------------------
     def _ask_open(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open ONNX model", "", ONNX_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open ONNX model", self.start_folder(), ONNX_FILTER)
         if path:
             self.open_model(path)
 
     def _ask_import(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import encodings", "", JSON_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Import encodings", self.start_folder(), JSON_FILTER)
         if path:
             self.import_encodings(path)
 
+    def start_folder(self) -> str:
+        """Where file dialogs open: the model's folder, except for the bundled example, whose folder is
+        inside the installed package (nothing of the user's belongs there): then the home folder."""
+        path = self.project.model_path
+        if not path or Path(path).resolve() == EXAMPLE_MODEL.resolve():
+            return str(Path.home())
+        return str(Path(path).resolve().parent)
+
     def _default_path(self, suffix: str) -> str:
         path = self.project.model_path
-        return str(Path(path).with_suffix(suffix)) if path else ""
+        return str(Path(self.start_folder()) / Path(path).with_suffix(suffix).name) if path else ""
 
     def _ask_export_encodings(self) -> None:
         from .export_dialog import ask_encodings_export
@@ -76,8 +84,10 @@ class FileActionsMixin:
         if self.project.index is None:
             messages.notify(self, "warning", "No model", "Open a model before calibrating.")
             return
-        default = self.project.data_spec or (str(EXAMPLE_DATA) if self.project.model_path == str(EXAMPLE_MODEL) else "")
-        dialog = CalibrationDialog(self, default, self.project.plan.defaults.act_scheme)
+        example = str(EXAMPLE_DATA) if self.project.model_path == str(EXAMPLE_MODEL) else ""
+        # after a failed run the path the user typed is still there to correct
+        default = self._last_data or self.project.data_spec or example
+        dialog = CalibrationDialog(self, default, self.project.plan.defaults.act_scheme, self.start_folder())
 
         def accepted():
             try:

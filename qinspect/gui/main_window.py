@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.commands import CommandStack, SetEdits
+from ..core.commands import CommandStack, SetDefaults, SetEdits
 from ..core.errors import QInspectError
 from ..core.plan import refusals
 from ..core.project import Project
@@ -61,6 +61,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.jobs: list[JobThread] = []
         self._session_path: str | None = None  # where Save puts the session without asking
         self._unsaved_stats = False  # a calibration no saved session holds
+        self._last_data: str | None = None  # the data of the last calibration started, failed ones too
         self.flagged: list = []  # calibration diagnostics (blown-up ranges) the user may keep in float
         self._calibration: JobThread | None = None
 
@@ -385,6 +386,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         if self._busy("calibrate"):
             return False
         index = self.project.index
+        self._last_data = str(data)
         batch_size = int(options.pop("batch_size", 8))
         scheme = options.pop("scheme", None)
         percentile = options.pop("percentile", None)
@@ -400,11 +402,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
             if self.project.index is not index:
                 self.calibrationFinished.emit(False)  # the model changed meanwhile: stats are stale
                 return
-            if scheme:
-                self.project.plan.defaults.act_scheme = scheme
-            if percentile:
-                self.project.plan.defaults.percentile = float(percentile)
             self.project.set_stats(result.stats, result.samples, str(data), data_options)
+            self._apply_scheme(scheme, percentile)
             self._unsaved_stats = True
             self._update_modified()
             self.flagged = list(result.diagnostics)
@@ -428,6 +427,18 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self._calibration = self._start(job, "calibration", done, stopped)
         self.actionCancel.setEnabled(True)
         return True
+
+    def _apply_scheme(self, scheme, percentile) -> None:
+        """The dialog's range scheme for activations and weights, as `--scheme` does: one undoable step."""
+        d = self.project.plan.defaults
+        changes = {}
+        if scheme and (d.act_scheme, d.param_scheme) != (scheme, scheme):
+            changes.update(act_scheme=scheme, param_scheme=scheme)
+        if percentile and float(percentile) != d.percentile:
+            changes["percentile"] = float(percentile)
+        if changes:
+            what = f"scheme {scheme}" if scheme else f"percentile {float(percentile):g}"
+            self.stack.push(SetDefaults(f"{what} for every tensor", **changes))
 
     def cancel(self) -> None:
         for job in self.jobs:

@@ -134,3 +134,37 @@ def test_a_session_saved_from_the_command_line_reopens_elsewhere(qtbot, messages
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
         window.live_error.schedule(None)  # finds its data
     assert window.live_error.sqnr and not [m for m in messages if m[0] == "error"]
+
+
+def test_the_dialogs_scheme_sets_every_tensor_and_can_be_undone(qtbot, window):
+    with qtbot.waitSignal(window.calibrationFinished, timeout=WAIT):
+        assert window.calibrate(str(EXAMPLE_DATA), scheme="tf_enhanced")
+    d = window.project.plan.defaults
+    assert (d.act_scheme, d.param_scheme) == ("tf_enhanced", "tf_enhanced")  # as --scheme on the command line
+    assert window.stack.undo_label == "scheme tf_enhanced for every tensor"
+    window.stack.undo()
+    assert (window.project.plan.defaults.act_scheme, window.project.plan.defaults.param_scheme) == ("tf", "tf")
+    assert window.project.stats  # the calibration itself stays
+
+
+def test_the_data_path_survives_a_failed_run_and_dialogs_start_in_the_models_folder(qtbot, window, messages,
+                                                                                 tmp_path):
+    from pathlib import Path
+
+    from qinspect.gui.calibration_dialog import CalibrationDialog
+
+    bad = tmp_path / "typo.npz"
+    with qtbot.waitSignal(window.calibrationFinished, timeout=WAIT) as done:
+        window.calibrate(str(bad))
+    assert done.args == [False]
+    assert window._last_data == str(bad)  # the next dialog offers it again to correct
+    # the bundled example lives inside the package: dialogs and export paths start at home instead
+    assert window.start_folder() == str(Path.home())
+    assert window._default_path(".qdq.onnx") == str(Path.home() / "digits_cnn.qdq.onnx")
+    model = tmp_path / "mine.onnx"
+    onnx.save_model(small_cnn(), model)
+    assert window.open_model(model)
+    assert window.start_folder() == str(tmp_path) and window._default_path(".json") == str(tmp_path / "mine.json")
+    dialog = CalibrationDialog(window, str(bad), folder=window.start_folder())
+    qtbot.addWidget(dialog)
+    assert dialog.data_edit.minimumWidth() >= 480 and dialog.start_folder() == str(tmp_path)
