@@ -459,10 +459,10 @@ class HistogramPanel(QWidget):
             if est is None:
                 return "select a channel to see its error"
             where = "per-channel encoding" if channel < 0 else f"channel {channel}"
-            return f"{where}: {_describe(est)} (exact, on the weight values)"
+            return f"{where}, its own quantizer: {_describe(est)} (exact, on the weight values)"
         est = histogram_error(stats, encoding)
         where = "float16 cast" if encoding.is_float else f"[{_fmt(encoding.min[0])}, {_fmt(encoding.max[0])}]"
-        return f"{where}: {_describe(est)} (estimated from the histogram)"
+        return f"{where}, its own quantizer: {_describe(est)} (estimated from the histogram)"
 
     def _exact_error(self, encoding: Encoding, channel: int) -> ErrorEstimate | None:
         """Error of a per-channel encoding on the values themselves (cached: not cheap)."""

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.plan import resolve
+from ..core.quant.encoding import clip_bounds
 from ..core.targets.rules import precision
 
 COLUMNS = ("Name", "Op", "Kind", "Shape", "Min", "Max", "Enc min", "Enc max", "Bitwidth", "Dtype", "Scheme",
@@ -47,6 +48,12 @@ NUMERIC = frozenset({MIN, MAX, ENC_MIN, ENC_MAX, BW, CLIPPED, SQNR})
 SORT_ROLE = Qt.ItemDataRole.UserRole  # raw numbers (None when unknown) so numeric columns sort as numbers
 # Roles looked up once: PySide6 resolves an old-style name such as Qt.DisplayRole in ~7 us, and
 # data() runs for every visible cell and role on each repaint (a few hundred calls).
+HEADER_TIPS = {
+    CLIPPED: "Share of calibration values the encoding clips: beyond half a step past its ends (the "
+             "preview under the histogram uses the same definition)",
+    SQNR: "SQNR at this tensor in the quantized model, all upstream error included (live, on the first "
+          "calibration samples). The preview under the histogram is this tensor's own quantizer alone.",
+}
 _DISPLAY = Qt.ItemDataRole.DisplayRole
 _TOOLTIP = Qt.ItemDataRole.ToolTipRole
 _FONT = Qt.ItemDataRole.FontRole
@@ -167,8 +174,8 @@ class TensorTableModel(QAbstractTableModel):
     def headerData(self, section, orientation, role=_DISPLAY):
         if orientation == Qt.Horizontal and role == _DISPLAY:
             return COLUMNS[section]
-        if orientation == Qt.Horizontal and role == _TOOLTIP and section == CLIPPED:
-            return "Share of calibration values outside the encoding range"
+        if orientation == Qt.Horizontal and role == _TOOLTIP:
+            return HEADER_TIPS.get(section)
         return None
 
     def data(self, index, role=_DISPLAY):
@@ -282,8 +289,8 @@ class TensorTableModel(QAbstractTableModel):
                 channels = int(mins.size)
                 enc_lo_text += f"  per-channel ({channels})"
                 enc_hi_text += f"  per-channel ({channels})"
-            half = enc.scales / 2  # values within half a step of the ends round onto the grid
-            clipped = self._clipped(stats, values, enc, mins - half, maxs + half)
+            lo_clip, hi_clip = clip_bounds(enc)  # the definition the editor's preview uses too
+            clipped = self._clipped(stats, values, enc, lo_clip, hi_clip)
         dtype, bw = precision(settings)
         if effect is not None and effect.rule == "fixed-output":
             scheme = "fixed"
@@ -330,6 +337,13 @@ class TensorTableModel(QAbstractTableModel):
             lines.append(f"\u26a0 {100 * derived.clipped:.2f}% of the values fall outside the encoding")
         if name in self._project.plan.edits:
             lines.append("edited in the precision plan")
+        enc = self._project.encodings.get(name)
+        if target.kind == "bias" and enc is not None and not enc.is_float and enc.bw == 32:
+            values = np.abs(self._project.index.initializer(name)).reshape(-1)
+            steps = enc.scales if enc.per_channel and values.size == enc.scales.size else enc.scales[0]
+            if values.size and np.all(values < steps / 2):
+                lines.append("its values are below half a step of its int32 scale (input scale x weight scale), "
+                             "so they round to 0 (0 dB), on the target too")
         effect = self._project.rule_effects.get(name)
         if effect is not None:
             lines.append(f"set by the target: {effect.message}")

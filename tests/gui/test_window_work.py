@@ -168,3 +168,28 @@ def test_the_data_path_survives_a_failed_run_and_dialogs_start_in_the_models_fol
     dialog = CalibrationDialog(window, str(bad), folder=window.start_folder())
     qtbot.addWidget(dialog)
     assert dialog.data_edit.minimumWidth() >= 480 and dialog.start_folder() == str(tmp_path)
+
+
+def test_clipping_is_one_number_everywhere(qtbot, window):
+    """The table, the editor's preview and the estimate agree on what clipped means (beyond half a step
+    past the grid's ends; 1.5 steps for int32 biases), and a bias one step over its top is not clipped."""
+    from qinspect.core.quant.encoding import Encoding, clip_bounds
+    from qinspect.core.quant.estimate import histogram_error
+    from qinspect.gui.tensor_table import CLIPPED
+
+    calibrate(qtbot, window)
+    window.project.apply_edit(["conv2_relu_out"], {"dtype": "float", "bw": 16})  # conv3's input: float
+    model = window.table.model
+    for name in ("conv3.bias", "fc2.bias", "fc1.bias"):  # AIMET's fallback scale puts conv3's top 1 step up
+        text = model.data(model.index(model.names().index(name), CLIPPED))
+        assert text == "0.00%", (name, text)
+    stats = window.project.stats["fc1_relu_out"]
+    enc8 = window.project.encodings["fc1_relu_out"]
+    window.project.apply_edit(["fc1_relu_out"], {"bw": 16})
+    enc16 = window.project.encodings["fc1_relu_out"]
+    assert histogram_error(stats, enc16).clipped_fraction <= histogram_error(stats, enc8).clipped_fraction
+    row = model.names().index("fc1_relu_out")
+    table = float(model.data(model.index(row, CLIPPED)).rstrip("%")) / 100
+    assert table == pytest.approx(histogram_error(stats, enc16).clipped_fraction, abs=5e-5)
+    top = Encoding(bw=32, scale=(1.0,), offset=(-(2**31),), symmetric=True)
+    assert clip_bounds(top)[1][0] == 2**31 - 1 + 1.5

@@ -258,3 +258,11 @@ def derived_bias(input_enc: Encoding | None, weight_enc: Encoding | None) -> Enc
     if len(input_enc.scale) != 1 or input_enc.bw > 16:
         return None
     return bias_encoding(input_enc.scale[0], weight_enc.scales, axis=0)
+
+
+def clip_bounds(enc: Encoding) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the values beyond which a quantizer clips rather than rounds: half a step past
+    the grid's ends (one and a half for 32-bit biases, whose top is 2^31 - 1 steps: AIMET's fallback
+    scale max|b| / 2^31 puts the largest value one step above it, an error of 2^-31)."""
+    slack = (1.5 if enc.bw == 32 else 0.5) * enc.scales
+    return enc.min - slack, enc.max + slack

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .encoding import Encoding
+from .encoding import Encoding, clip_bounds
 from .stats import TensorStats
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -150,8 +150,8 @@ def histogram_error(stats: TensorStats | None, encoding: Encoding) -> ErrorEstim
             raise ValueError("a per-channel encoding needs each channel's statistics; use channel_encoding")
         scale, offset = encoding.scale[0], encoding.offset[0]
         err = _grid_error(a, b, scale, offset, encoding.steps)
-        lo = offset * scale
-        clipped = stats.clipped_fraction(lo, lo + encoding.steps * scale)
+        lo, hi = clip_bounds(encoding)
+        clipped = stats.clipped_fraction(float(lo[0]), float(hi[0]))
     mse = float((err * counts).sum() / total)
     signal = float((_mean_square(a, b) * counts).sum() / total)
     return ErrorEstimate(mse, sqnr_db(signal, mse), clipped)
@@ -201,10 +201,7 @@ def values_error(values, encoding: Encoding) -> ErrorEstimate:
     if encoding.is_float:
         outside = np.abs(x) > FLOAT16_MAX if encoding.bw == 16 else np.zeros(x.shape, dtype=bool)
     else:
-        # A millionth of a step of slack: a range computed from these very values puts their
-        # extremes on the grid's ends up to float rounding, and they are not clipped.
-        slack = 1e-6 * encoding.scales
-        lo, hi = encoding.min - slack, encoding.max + slack
+        lo, hi = clip_bounds(encoding)  # the table's definition too
         if encoding.axis is not None and lo.size > 1:
             shape = [1] * x.ndim
             shape[encoding.axis] = -1

@@ -244,13 +244,16 @@ class TensorStats:
         self.sampled = self.sampled or other.sampled
 
     def clipped_fraction(self, lo: float, hi: float) -> float:
-        """Share of finite values outside [lo, hi], estimated from the histogram."""
+        """Share of finite values outside [lo, hi], estimated from the histogram. Exact where a bound
+        lies beyond the observed min or max: nothing is outside there, whatever a bin's spread."""
         if self.count == 0:
             return 0.0
         edges = self.edges
         cum = np.concatenate([[0.0], np.cumsum(self.counts)])
-        inside = np.interp(hi, edges, cum) - np.interp(lo, edges, cum)
-        return float(max(0.0, 1.0 - inside / self.counts.sum()))
+        total = cum[-1]
+        below = 0.0 if lo <= self.min else float(np.interp(lo, edges, cum))
+        above = 0.0 if hi >= self.max else float(total - np.interp(hi, edges, cum))
+        return float(min(1.0, max(0.0, (below + above) / total)))
 
     def to_dict(self) -> dict:
         return {

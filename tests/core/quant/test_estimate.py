@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from qinspect.core.quant.encoding import compute_encoding, float_encoding
+from qinspect.core.quant.encoding import clip_bounds, compute_encoding, float_encoding
 from qinspect.core.quant.estimate import channel_encoding, channels_error, histogram_error, values_error
 from qinspect.core.quant.stats import TensorStats, channel_stats
 
@@ -36,7 +36,8 @@ def test_matches_raw_samples(name, bw, clip):
     mse, sqnr = brute_force(x, enc)
     assert est.mse == pytest.approx(mse, rel=0.03)
     assert est.sqnr_db == pytest.approx(sqnr, abs=0.15)
-    outside = np.mean((x < enc.min[0]) | (x > enc.max[0]))
+    lo_clip, hi_clip = clip_bounds(enc)  # clipped: beyond half a step past the grid's ends
+    outside = np.mean((x < lo_clip[0]) | (x > hi_clip[0]))
     assert est.clipped_fraction == pytest.approx(outside, abs=1e-3)
 
 
@@ -61,7 +62,8 @@ def test_clipped_fraction_matches_stats():
     for lo, hi in [(-1.0, 1.0), (-0.2, 3.0), (-5.0, 5.0), (0.0, 0.5)]:
         enc = compute_encoding(lo, hi, 8)
         est = histogram_error(stats, enc)
-        assert est.clipped_fraction == pytest.approx(stats.clipped_fraction(enc.min[0], enc.max[0]), abs=1e-12)
+        lo_clip, hi_clip = clip_bounds(enc)
+        assert est.clipped_fraction == pytest.approx(stats.clipped_fraction(lo_clip[0], hi_clip[0]), abs=1e-12)
 
 
 @pytest.mark.parametrize("name", ["shifted_laplace", "uniform_pm1"])
