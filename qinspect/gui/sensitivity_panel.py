@@ -127,7 +127,7 @@ class SensitivityPanel(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setObjectName("sensitivityPlot")
         self.plot.setMenuEnabled(False)
-        self.plot.setLabel("bottom", "score (dB): higher = more sensitive")
+        self.plot.setLabel("bottom", "dB more sensitive than the least sensitive group (longer = more sensitive)")
         self.plot.showGrid(x=True, alpha=0.3)
         self.plot.invertY(True)  # rank 1 (most sensitive) on top
         # Horizontal bars: one per group, its name on the left axis.
@@ -213,8 +213,8 @@ class SensitivityPanel(QWidget):
                 row.append(item)
             self.model.appendRow(row)
         self.table.setSortingEnabled(True)
-        scores = np.array([_finite(e.score) for e in self.entries], dtype=float)
-        self.bars.setOpts(x0=np.zeros(len(scores)), y=np.arange(1, len(scores) + 1), width=scores, height=0.8)
+        self.bars.setOpts(x0=np.zeros(len(self.entries)), y=np.arange(1, len(self.entries) + 1),
+                          width=bar_lengths([e.score for e in self.entries]), height=0.8)
         axis = self.plot.getAxis("left")
         if 0 < len(self.entries) <= MAX_NAMED_BARS:
             axis.setTicks([[(i + 1, _short(e.group.name)) for i, e in enumerate(self.entries)]])
@@ -300,6 +300,17 @@ class SensitivityPanel(QWidget):
 
 def _short(name: str, n: int = 14) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def bar_lengths(scores) -> np.ndarray:
+    """Bars measured from the least sensitive group: most scores are negative (quantizing one group
+    alone costs less than the whole plan does), so raw scores gave the least sensitive the longest
+    bar. A sliver (a twentieth of the spread) keeps the least sensitive bar visible."""
+    s = np.array([_finite(v) for v in scores], dtype=float)
+    if s.size == 0:
+        return s
+    spread = float(s.max() - s.min())
+    return s - s.min() + (spread / 20 if spread > 0 else 1.0)
 
 
 def _finite(value) -> float:

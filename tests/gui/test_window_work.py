@@ -1,6 +1,8 @@
 """Issue 13: the window as a demanding user finds it. No lost work, nothing misleading, buttons that work."""
 import json
 
+import numpy as np
+
 import onnx
 import pytest
 
@@ -193,3 +195,17 @@ def test_clipping_is_one_number_everywhere(qtbot, window):
     assert table == pytest.approx(histogram_error(stats, enc16).clipped_fraction, abs=5e-5)
     top = Encoding(bw=32, scale=(1.0,), offset=(-(2**31),), symmetric=True)
     assert clip_bounds(top)[1][0] == 2**31 - 1 + 1.5
+
+
+def test_the_longest_sensitivity_bar_is_the_most_sensitive_group(qtbot, window):
+    from qinspect.gui.sensitivity_panel import bar_lengths
+
+    lengths = bar_lengths([-3.0, -20.0, -35.5, float("inf")])
+    assert list(np.argsort(-lengths[:3])) == [0, 1, 2] and lengths.min() > 0
+    calibrate(qtbot, window)
+    with qtbot.waitSignal(window.sensitivity.runFinished, timeout=WAIT):
+        window.actionRunSensitivity.trigger()
+    panel = window.sensitivity
+    widths = panel.bars.opts["width"]
+    assert int(np.argmax(widths)) == 0  # rank 1, the most sensitive group, has the longest bar
+    assert "longer = more sensitive" in panel.plot.getAxis("bottom").labelText
