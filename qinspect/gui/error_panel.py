@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QLabel
 
 from .events import listen
+from .widgets import ElidedLabel
 from .workers import JobThread
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class LiveError(QObject):
         super().__init__(parent)
         self.project = project
         self.samples = samples
-        self.label = QLabel(objectName="outputSqnrLabel")
+        self.label = ElidedLabel(objectName="outputSqnrLabel")
         self.comparison = None          # the last Comparison shown
         self._comparer = None           # kept alive between edits
         self._key = None                # what the comparer was built for

@@ -525,7 +525,7 @@ class GraphPanel(QWidget):
         super().__init__(parent)
         self.setObjectName("graphPanel")
         self.view = GraphView(project, self)
-        self.legend = QLabel(objectName="graphLegend")
+        self.legend = QLabel(objectName="graphLegend", wordWrap=True)  # wraps: never widens the window
         self.legend.setTextFormat(Qt.RichText)
         fit = QPushButton("Fit (F)", objectName="graphFitButton")
         fit.clicked.connect(self.view.fit)

@@ -3,6 +3,11 @@
 Every plot item is created once and updated with setData/setValue: rebuilding items per redraw
 is what makes pyqtgraph panels slow (style guide rule 9). Dragging the range previews the
 clipped mass and estimated error live and pushes one undoable command on release (rule 4).
+
+What is drawn comes from `histogram_display`: display bins for the plot's width, spikes (a Relu's
+zeros) drawn and labelled on their own, clipped tails shaded over the whole height with their
+share, and a log axis chosen when counts span orders of magnitude (until the user picks one).
+The header is one line; its tooltip holds the details.
 """
 from __future__ import annotations
 
@@ -16,17 +21,21 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLay
 
 from ..core.commands import EditTensors
 from ..core.plan import resolve
-from ..core.quant.encoding import Encoding, compute_encoding
+from ..core.quant.encoding import Encoding, clip_bounds, compute_encoding
 from ..core.quant.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
 from ..core.quant.stats import DEFAULT_BINS, TensorStats
-from .messages import notify
 from .events import listen
+from .histogram_display import display_bins, spikes, wants_log
+from .messages import notify
+from .widgets import ElidedLabel
 
 MAX_GRID_LINES = 64  # denser grids are drawn as nothing: a solid block of lines says less
 EXACT_ERROR_LIMIT = 2_000_000  # per-channel weights up to this many values get an exact error
 SPIKE_RATIO = 20  # a bin this many times taller than all others (ReLU zeros) is cut off the top
 CURVE = (90, 140, 230)
 TAIL_BRUSH = (230, 60, 60, 170)
+CLIP_SHADE = (230, 60, 60, 40)  # the clipped side, over the whole height: visible on a linear axis
+SPIKE_BRUSH = (20, 60, 160, 220)
 REGION_BRUSH = (255, 200, 0, 28)
 
 
@@ -41,13 +50,16 @@ def _describe(est: ErrorEstimate) -> str:
     return f"clipped {100 * est.clipped_fraction:.3g} % · SQNR {sqnr} dB"
 
 
-def _y_top(y: np.ndarray) -> tuple[float, int | None]:
-    """Top of the y range, and the index of a lone spike that is left to run off the top."""
+def _y_top(y: np.ndarray, piled: set[int] = frozenset()) -> tuple[float, int | None]:
+    """Top of the y range, and the index of a spike that is left to run off the top: a lone bin
+    SPIKE_RATIO times taller than all others, or a bin of piled-up values (`piled`: a Relu's zeros)
+    more than twice as tall as the rest."""
     if y.size < 2:
         return float(y.max(initial=0.0)), None
     tallest = int(np.argmax(y))
-    rest = float(np.max(np.delete(y, tallest)))
-    if rest > 0 and y[tallest] > SPIKE_RATIO * rest:
+    rest = float(np.max(np.delete(y, list(piled | {tallest}))) if y.size > len(piled | {tallest}) else 0.0)
+    ratio = 2.0 if tallest in piled else SPIKE_RATIO
+    if rest > 0 and y[tallest] > ratio * rest:
         return 1.5 * rest, tallest
     return float(y[tallest]), None
 
@@ -99,14 +111,15 @@ class HistogramPanel(QWidget):
         self._channel_stats: dict[tuple[str, int], TensorStats] = {}
         self._exact_errors: dict[tuple[str, int, Encoding], ErrorEstimate] = {}
         self._channel_ranges: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._log_user: bool | None = None  # the user's choice of axis; None: chosen per tensor
+        self._setting_log = False
         self._build()
         listen(self, project, self._on_project_event)
         self.show_tensor(None)
 
     # --- construction --------------------------------------------------------------------
     def _build(self) -> None:
-        self.info = QLabel(objectName="histogramInfo", wordWrap=True)
-        self.info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.info = ElidedLabel(objectName="histogramInfo")  # one line; the details in its tooltip
         self.channel_spin = QSpinBox(objectName="channelSpin")
         self._undo_keys = _LeaveUndoToTheWindow(self)  # a spin box claims Ctrl+Z for its text
         for w in (self.channel_spin, self.channel_spin.lineEdit()):
@@ -116,14 +129,13 @@ class HistogramPanel(QWidget):
         self.channel_spin.setToolTip("Channel whose histogram to show (-1: the whole tensor)")
         self.channel_spin.valueChanged.connect(lambda _: self._redraw(reset_view=True))
         self.log_check = QCheckBox("Log scale", objectName="logScaleCheck")
-        self.log_check.toggled.connect(lambda _: self._redraw(reset_view=True))
-        self.preview = QLabel(objectName="previewLabel")
+        self.log_check.toggled.connect(self._on_log_toggled)
+        self.preview = QLabel(objectName="previewLabel", wordWrap=True)
         # Fixed heights: a label whose height follows its text would re-lay out (and repaint from
         # scratch) both plots on every selection change.
         lines = self.fontMetrics().lineSpacing()
-        self.info.setFixedHeight(3 * lines + 4)
-        self.info.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        self.preview.setFixedHeight(lines + 4)
+        self.info.setFixedHeight(lines + 4)
+        self.preview.setFixedHeight(2 * lines + 4)
         channel_label = QLabel("Channel:")
 
         self.plot = pg.PlotWidget()
@@ -141,8 +153,15 @@ class HistogramPanel(QWidget):
         # a faint brush keeps the histogram under it readable.
         self.region_item.setZValue(10)
         self.notice = pg.TextItem(anchor=(0.5, 0.5), color=(120, 120, 120))
-        for item in (self.min_line, self.max_line, self.region_item, self.notice):
+        self.clip_shades = [pg.LinearRegionItem(movable=False, brush=CLIP_SHADE, pen=pg.mkPen(None)) for _ in range(2)]
+        self.clip_labels = [pg.TextItem(anchor=a, color=(170, 30, 30)) for a in ((1, 0), (0, 0))]
+        self.spike_bars = pg.BarGraphItem(x=[], height=[], width=1.0, brush=SPIKE_BRUSH, pen=None)
+        self.spike_labels = [pg.TextItem(anchor=(0.5, 1.0), color=(20, 50, 140)) for _ in range(3)]
+        for item in (*self.clip_shades, self.spike_bars, self.min_line, self.max_line, self.region_item,
+                     self.notice, *self.clip_labels, *self.spike_labels):
             self.plot.addItem(item)
+        for item in (*self.clip_shades, *self.clip_labels, *self.spike_labels):
+            item.hide()
         self.region_item.sigRegionChanged.connect(self._on_region_changed)
         self.region_item.sigRegionChangeFinished.connect(self._on_region_finished)
         self.plot.getViewBox().sigXRangeChanged.connect(lambda *_: self._update_grid(self._encoding))
@@ -166,9 +185,7 @@ class HistogramPanel(QWidget):
         top.addWidget(self.channel_spin)
         top.addWidget(self.log_check)
         self._channel_widgets = [channel_label, self.channel_spin, self.channel_plot]
-        # Hidden widgets keep their space: switching between a weight and an activation then does
-        # not resize the histogram, whose relayout cost ~100 ms per switch (bench/bench_ui.py).
-        for w in self._channel_widgets:
+        for w in self._channel_widgets[:2]:  # the header's controls keep their place; the plot gives its room
             policy = w.sizePolicy()
             policy.setRetainSizeWhenHidden(True)
             w.setSizePolicy(policy)
@@ -194,10 +211,31 @@ class HistogramPanel(QWidget):
         self._redraw(reset_view=True)
 
     def histogram_data(self) -> tuple[np.ndarray, np.ndarray]:
-        """(edges, counts) of the histogram shown: the tensor's, or the selected channel's."""
+        """(edges, counts) of the statistics behind the plot: the tensor's, or the selected channel's."""
         if self._stats is None or self._stats.count == 0:
             return np.empty(0), np.empty(0)
         return self._stats.edges, self._stats.counts.copy()
+
+    def display_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) as drawn: display bins for the plot's width (`histogram_display`)."""
+        return display_bins(self._stats, self.plot.width())
+
+    @property
+    def log_scale(self) -> bool:
+        return self.log_check.isChecked()
+
+    def _on_log_toggled(self, checked: bool) -> None:
+        if not self._setting_log:
+            self._log_user = checked  # the user's choice now wins over the automatic one
+        self._redraw(reset_view=True)
+
+    def _set_log(self, on: bool, why: str) -> None:
+        self._setting_log = True
+        try:
+            self.log_check.setChecked(on)
+        finally:
+            self._setting_log = False
+        self.log_check.setToolTip(why)
 
     def region(self) -> tuple[float, float] | None:
         """The encoding range shown as the draggable region; None when no range is shown."""
@@ -264,10 +302,16 @@ class HistogramPanel(QWidget):
             return
         self._stats = stats
         self.notice.hide()
-        edges, counts = stats.edges, stats.counts
-        y = np.log10(1.0 + counts) if self.log_check.isChecked() else counts
+        edges, counts = self.display_data()
+        piles = spikes(stats)
+        if self._log_user is None:
+            auto = wants_log(counts)
+            self._set_log(auto, "Chosen for this tensor: " + ("its counts span orders of magnitude" if auto else
+                          "its counts are of one order") + ". Click to choose yourself.")
+        log = self.log_check.isChecked()
+        y = np.log10(1.0 + counts) if log else counts
         self.curve.setData(edges, y)
-        self.plot.setLabel("left", "log10(1 + count)" if self.log_check.isChecked() else "count")
+        self.plot.setLabel("left", "log10(1 + count)" if log else "count")
         self.min_line.setValue(stats.min)
         self.max_line.setValue(stats.max)
         self.min_line.show()
@@ -280,15 +324,17 @@ class HistogramPanel(QWidget):
         # Grid and tails need one scale; the plan edits whole-tensor ranges only.
         self._encoding = shown if shown is not None and len(shown.scale) == 1 else None
         self._editable = self._encoding is not None and self._target() is not None and channel < 0
-        top, spike = _y_top(y) if not self.log_check.isChecked() else (float(y.max()), None)
-        if spike is not None:
-            centre = 0.5 * (edges[spike] + edges[spike + 1])
-            info += (f" · the bin at {_fmt(centre)} ({int(counts[spike]):,} values) runs off the top:"
-                     " see Log scale")
+        piled = {int(np.clip(np.searchsorted(edges, s.value, side="right") - 1, 0, len(y) - 1)) for s in piles}
+        top, off_top = _y_top(y, piled) if not log else (float(y.max()), None)
+        if off_top is not None:
+            centre = 0.5 * (edges[off_top] + edges[off_top + 1])
+            info += f" · the bin at {_fmt(centre)} ({int(counts[off_top]):,} values) runs off the top"
         if reset_view:
             self._reset_view(stats, shown, top)
         self._set_region(shown, stats)
         self._draw_overlays(self._encoding)
+        self._draw_spikes(piles, stats, log)
+        self._draw_clipping(shown, stats)
         if encoding is not None and encoding.is_float:
             (x0, x1), (_, top) = self.plot.getViewBox().viewRange()
             self.notice.setText(f"kept in float{encoding.bw}")
@@ -313,8 +359,10 @@ class HistogramPanel(QWidget):
             self._set_channel_view(None, None)
         for item in (self.curve, *self.tails, self.grid):
             item.setData([], [])
-        for item in (self.min_line, self.max_line, self.region_item):
+        for item in (self.min_line, self.max_line, self.region_item, *self.clip_shades, *self.clip_labels,
+                     *self.spike_labels):
             item.hide()
+        self.spike_bars.setOpts(x=[], height=[])
         self.notice.setText(notice)
         self.notice.setVisible(bool(notice))
         self.plot.setXRange(0, 1)
@@ -355,8 +403,8 @@ class HistogramPanel(QWidget):
                 item.setData([], [])
             return
         lo, hi = float(encoding.min[0]), float(encoding.max[0])
-        edges = stats.edges
-        counts = np.log10(1.0 + stats.counts) if self.log_check.isChecked() else stats.counts
+        edges, counts = self.display_data()  # the bins the curve shows, so the tails sit on it
+        counts = np.log10(1.0 + counts) if self.log_check.isChecked() else counts
         k = int(np.searchsorted(edges, lo, side="left"))  # bins 0..k-1 start below lo
         j = int(np.searchsorted(edges, hi, side="right"))  # bins j-1.. end above hi
         if 0 < k <= len(counts):
@@ -368,6 +416,40 @@ class HistogramPanel(QWidget):
         else:
             self.tails[1].setData([], [])
         self._update_grid(encoding)
+
+    def _draw_spikes(self, piles, stats: TensorStats, log: bool) -> None:
+        """Values piled on one point, as a bar a few pixels wide at least, labelled with their share."""
+        (x0, x1), (_, top) = self.plot.getViewBox().viewRange()
+        width = max((x1 - x0) * 0.006, 1e-12)
+        heights = [min(np.log10(1.0 + s.count) if log else s.count, top * 0.97) for s in piles]
+        self.spike_bars.setOpts(x=[s.value for s in piles], height=heights, width=width)
+        for label, spike, h in zip(self.spike_labels, piles + [None] * 3, heights + [0] * 3):
+            if spike is None:
+                label.hide()
+                continue
+            label.setText(f"{_fmt(spike.value)}: {100 * spike.share:.1f}% of the values")
+            label.setPos(spike.value, h)
+            label.show()
+
+    def _draw_clipping(self, encoding: Encoding | None, stats: TensorStats) -> None:
+        """Each clipped side shaded from the encoding's end to the edge of the view, with its share."""
+        (x0, x1), (_, top) = self.plot.getViewBox().viewRange()
+        shown = encoding is not None and len(encoding.scale) == 1
+        lo, hi = clip_bounds(encoding) if shown else (None, None)
+        sides = [(stats.clipped_fraction(float(lo[0]), np.inf), (min(x0, float(encoding.min[0])), float(encoding.min[0])))
+                 if shown else (0.0, None),
+                 (stats.clipped_fraction(-np.inf, float(hi[0])), (float(encoding.max[0]), max(x1, float(encoding.max[0]))))
+                 if shown else (0.0, None)]
+        for shade, label, (share, span) in zip(self.clip_shades, self.clip_labels, sides):
+            if share <= 0 or span is None:
+                shade.hide()
+                label.hide()
+                continue
+            shade.setRegion(span)
+            shade.show()
+            label.setText(f"{100 * share:.2g}% clipped")
+            label.setPos(span[1] if label is self.clip_labels[0] else span[0], top * 0.98)
+            label.show()
 
     def _update_grid(self, encoding: Encoding | None) -> None:
         if encoding is None or self._stats is None:

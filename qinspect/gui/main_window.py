@@ -19,9 +19,11 @@ from PySide6.QtCore import QDeadlineTimer, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
+    QFrame,
     QLabel,
     QMainWindow,
     QProgressBar,
+    QScrollArea,
     QSplitter,
     QWidget,
 )
@@ -40,6 +42,7 @@ from .precision_editor import PrecisionEditor
 from .sensitivity_panel import SensitivityPanel
 from .target_bar import TargetBar, Verifier
 from .tensor_table import TensorTable
+from .widgets import ElidedLabel
 from .workers import JobThread
 
 __all__ = ["MainWindow", "EXAMPLE_MODEL", "EXAMPLE_DATA"]
@@ -70,8 +73,15 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.editor = PrecisionEditor(self.project, self.stack)
         right = QSplitter(Qt.Vertical)
         right.addWidget(self.histogram)
-        right.addWidget(self.editor)
+        # The editor scrolls rather than squeezing the histogram on a 768-pixel screen.
+        editor_area = QScrollArea(objectName="editorScroll", widgetResizable=True, frameShape=QFrame.NoFrame)
+        editor_area.setWidget(self.editor)
+        editor_area.setMinimumHeight(120)
+        right.addWidget(editor_area)
         right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+        right.setChildrenCollapsible(False)
+        self.histogram.plot.setMinimumHeight(200)
         self.setCentralWidget(self.table)
         # The histogram and editor keep the window's full height: they sit in a fixed right dock
         # that owns the bottom-right corner, so the bottom panels (graph, sensitivity, search)
@@ -91,7 +101,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.progress.setMaximumWidth(260)
         self.progress.setVisible(False)
         self.eta = QLabel(objectName="etaLabel")
-        self.summary = QLabel(objectName="summaryLabel")
+        self.summary = ElidedLabel(objectName="summaryLabel")
         self.live_error = LiveError(self.project, self)
         self.output_sqnr = self.live_error.label
         self.verifier = Verifier(self.project, self._start, self)

@@ -17,6 +17,7 @@ from ..core.errors import QInspectError
 from ..core.targets.profiles import TARGETS
 from . import messages
 from .events import listen
+from .widgets import ElidedLabel
 
 VERIFY_SAMPLES = 64  # enough for a stable output SQNR; the check is a full float + simulated + runtime run
 
@@ -66,7 +67,7 @@ class Verifier(QObject):
     def __init__(self, project, start, parent):
         super().__init__(parent)
         self.project, self._start, self._parent = project, start, parent
-        self.label = QLabel(objectName="runtimeLabel")
+        self.label = ElidedLabel(objectName="runtimeLabel")
         self.label.setToolTip("The exported QDQ model run in onnxruntime with default session options "
                               "(Analysis > Verify in onnxruntime)")
         self.running = False

@@ -72,7 +72,10 @@ def test_histogram_and_region_match_stats_and_encoding(panel, project):
     np.testing.assert_array_equal(counts, stats.counts)
     assert panel.region() == pytest.approx(bounds(project.encoding("conv2_out")))
     assert panel.curve.opts["stepMode"] == "center"
-    np.testing.assert_array_equal(panel.curve.yData, stats.counts)
+    shown_edges, shown = panel.display_data()  # drawn with display bins over [min, max]
+    np.testing.assert_array_equal(panel.curve.yData, shown)
+    assert shown.sum() == pytest.approx(stats.counts.sum()) and len(shown) <= 400
+    assert shown_edges[0] == stats.min and shown_edges[-1] == stats.max
     assert panel.min_line.value() == stats.min and panel.max_line.value() == stats.max
     # Redraws reuse the items: switching tensors adds nothing to the plot.
     items = list(plot.getPlotItem().items)
@@ -179,19 +182,33 @@ def test_log_scale(panel, project):
     panel.show_tensor("relu1_out")
     counts = project.stats["relu1_out"].counts
     check.setChecked(True)
-    np.testing.assert_allclose(panel.curve.yData, np.log10(1 + counts))
+    shown = panel.display_data()[1]  # display bins, not the 2048 of the statistics
+    assert len(shown) <= 400 and shown.sum() == pytest.approx(counts.sum())
+    np.testing.assert_allclose(panel.curve.yData, np.log10(1 + shown))
     np.testing.assert_array_equal(panel.histogram_data()[1], counts)  # the data, not the drawing
-    assert panel.plot.getViewBox().viewRange()[1][1] <= np.log10(1 + counts.max()) * 1.1
+    assert panel.plot.getViewBox().viewRange()[1][1] <= np.log10(1 + shown.max()) * 1.1
     check.setChecked(False)
-    np.testing.assert_array_equal(panel.curve.yData, counts)
+    np.testing.assert_array_equal(panel.curve.yData, shown)
 
 
-def test_relu_zero_spike_runs_off_the_top(panel, project):
+def test_relu_zero_spike_is_drawn_and_labelled(panel, project):
+    """A Relu's zeros: log scale is chosen for it, the spike is a visible bar with its share; on the
+    linear axis the user picks, it runs off the top and the rest stays readable."""
     panel.show_tensor("relu1_out")
-    counts = project.stats["relu1_out"].counts
+    check = child(panel, QCheckBox, "logScaleCheck")
+    assert check.isChecked() and "Chosen for this tensor" in check.toolTip()
+    stats = project.stats["relu1_out"]
+    zeros = float((stats.counts[:1]).sum()) / stats.counts.sum()
+    label = panel.spike_labels[0]
+    assert label.isVisible() and label.toPlainText().startswith("0: ")
+    assert f"{100 * zeros:.1f}%" in label.toPlainText()
+    assert list(panel.spike_bars.opts["x"]) == [0.0] and panel.spike_bars.opts["height"][0] > 0
+    check.setChecked(False)  # the user's choice wins from now on
     top = panel.plot.getViewBox().viewRange()[1][1]
-    assert top < counts.max() / 2  # the rest of the histogram stays visible
+    assert top < panel.display_data()[1].max() / 2  # the rest of the histogram stays visible
     assert "runs off the top" in child(panel, QLabel, "histogramInfo").text()
+    panel.show_tensor("conv2_out")
+    assert not check.isChecked()  # still the user's choice
 
 
 def test_grid_only_where_sparse_and_tails_shaded(panel, project, stack):
@@ -211,12 +228,11 @@ def test_grid_only_where_sparse_and_tails_shaded(panel, project, stack):
     # A narrow range clips both tails, shaded with exactly the counts outside it.
     stack.push(EditTensors(["conv2_out"], range=(-1.0, 1.0)))
     enc = project.encoding("conv2_out")
-    stats = project.stats["conv2_out"]
-    edges = stats.edges
-    left = stats.counts[edges[:-1] < enc.min[0]]
+    edges, counts = panel.display_data()  # the tails sit on the bins drawn
+    left = counts[edges[:-1] < enc.min[0]]
     np.testing.assert_array_equal(panel.tails[0].yData, left)
     assert panel.tails[0].xData[-1] == pytest.approx(enc.min[0])
-    assert panel.tails[1].yData.sum() == stats.counts[edges[1:] > enc.max[0]].sum()
+    assert panel.tails[1].yData.sum() == counts[edges[1:] > enc.max[0]].sum()
 
 
 def test_per_channel_weight(panel, project):

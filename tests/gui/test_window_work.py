@@ -209,3 +209,21 @@ def test_the_longest_sensitivity_bar_is_the_most_sensitive_group(qtbot, window):
     widths = panel.bars.opts["width"]
     assert int(np.argmax(widths)) == 0  # rank 1, the most sensitive group, has the longest bar
     assert "longer = more sensitive" in panel.plot.getAxis("bottom").labelText
+
+
+def test_the_window_fits_a_1366x768_laptop(qtbot, window):
+    calibrate(qtbot, window)
+    window.resize(1366, 768)
+    window.show()
+    qtbot.waitExposed(window)
+    with qtbot.waitSignal(window.verifier.finished, timeout=WAIT):
+        window.verifier.run(samples=8)  # long status texts: they must not widen the window
+    for name in ("conv2.weight", "conv2_relu_out"):
+        window.table.select([name])
+        qtbot.wait(50)
+        assert window.minimumSizeHint().width() <= 1024, window.minimumSizeHint()
+        assert window.width() == 1366  # it never widens itself
+        assert window.histogram.plot.height() >= 200, (name, window.histogram.plot.height())
+    window.resize(1024, 700)
+    qtbot.wait(50)
+    assert window.width() == 1024
