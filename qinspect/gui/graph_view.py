@@ -1,15 +1,15 @@
-"""The model graph: nodes laid out in layers by topological depth, quantizer positions marked,
-nodes coloured by the SQNR of what they compute.
+"""The model graph, top down as Netron draws it: quantizer positions marked, nodes coloured by the
+SQNR of what they compute on an absolute scale (red under 20 dB, amber to 35, green above; the
+thresholds are the panel's spin boxes), a box to find a node by name.
 
 Built to stay usable on graphs of thousands of nodes:
 
-- the layout (`graph_layout`, plain Python, O(nodes + edges)) is computed from the index's
+- the layout (`graph_layout`: igraph's Sugiyama layering, C code) is computed from the index's
   producers and consumers, without walking the protobuf;
 - it is computed when the view is first shown (or asked for a node), and again after a new model
   is opened; scene items are created lazily, a band of `BAND` layers at a time, when the band
   comes into view; SQNR updates only change the brushes of the items that exist;
-- a deep graph wraps into strips (rows of layers, like lines of text) chosen to fill the view,
-  so that zoomed out it is a block, not a line; Fit re-wraps it for the view's current shape;
+- a graph too big to read when fitted opens at a readable zoom on its inputs; Fit (F) shows it all;
 - each node is a QGraphicsRectItem with one QGraphicsSimpleTextItem (both painted in C++, cached);
   edges (with their target) and quantizer marks are one QGraphicsPathItem per band, so the BSP
   index culls what is off screen and nothing is done per frame;
@@ -24,9 +24,11 @@ import math
 from collections import defaultdict
 
 import shiboken6
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen
+from PySide6.QtCore import QPointF, QRectF, QStringListModel, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QKeySequence, QPainter, QPainterPath, QPen, QShortcut
 from PySide6.QtWidgets import (
+    QCompleter,
+    QDoubleSpinBox,
     QGraphicsItem,
     QGraphicsRectItem,
     QGraphicsScene,
@@ -34,16 +36,19 @@ from PySide6.QtWidgets import (
     QGraphicsView,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from .graph_layout import COL_GAP, NODE_H, NODE_W, layered_layout, place, strips_for
 from .events import listen
+from .graph_layout import COL_GAP, NODE_H, NODE_W, ROW_GAP, layered_layout, place
 
 OPEN_SCALE = 0.85         # zoom a big graph opens at
+READABLE_SCALE = 0.6      # a graph whose fit is smaller opens at OPEN_SCALE on its inputs instead
 LABEL_MIN_SCALE = 0.35    # below this zoom, labels are hidden
+RED_BELOW, GREEN_ABOVE = 20.0, 35.0  # dB: the default colour scale, the same for every model
 MAX_FOLLOW = 3            # steps followed from a fused node to the tensor that carries its error
 INPUT_OP = "Input"
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
@@ -61,13 +66,17 @@ for _pen in (NODE_PEN, HIGHLIGHT_PEN, EDGE_PEN, WRAP_PEN):
     _pen.setCosmetic(True)
 
 
-def sqnr_color(db: float, lo: float, hi: float) -> QColor:
-    """Red at `lo` (worst), yellow halfway, green at `hi`; pastel, so black labels stay readable."""
+RED, AMBER, GREEN = QColor("#ef9a9a"), QColor("#ffcc80"), QColor("#a5d6a7")  # pastel: black labels read
+
+
+def sqnr_color(db: float, red_below: float = RED_BELOW, green_above: float = GREEN_ABOVE) -> QColor:
+    """Red under `red_below` dB, amber up to `green_above`, green above: an absolute scale, so a
+    healthy model is green and a broken one red whatever the spread of its own numbers."""
     if math.isnan(db):
         return QColor("#b0bec5")
-    t = 1.0 if math.isinf(db) and db > 0 else (0.0 if math.isinf(db) else (db - lo) / max(hi - lo, 1e-9))
-    t = min(max(t, 0.0), 1.0)
-    return QColor.fromHsvF(t / 3.0, 0.55, 1.0)
+    if db < red_below:
+        return RED
+    return AMBER if db < green_above else GREEN
 
 
 def _claim(node, top: str, owner: dict[str, str]) -> None:
@@ -107,8 +116,8 @@ class GraphView(QGraphicsView):
         self._metrics = QFontMetrics(self._font)
         self._built = False
         self._sqnr: dict[str, float] = {}
+        self.thresholds = (RED_BELOW, GREEN_ABOVE)
         self._reset_state()
-        self.legend = ""
         self.build_seconds = 0.0
         listen(self, project, self._on_project)
 
@@ -127,15 +136,12 @@ class GraphView(QGraphicsView):
         self._band_of: dict[str, int] = {}
         self._bands: dict[int, list[str]] = {}
         self._band_rects: dict[int, QRectF] = {}
-        self._layers: dict[int, list[str]] = {}
-        self._tallest = 1
-        self._strips = 1
+        self._shapes: dict[str, str] = {}         # graph input -> its shape, for its label
         self._preds: dict[str, list[str]] = {}
         self._colour_of: dict[str, str] = {}      # node -> tensor whose SQNR colours it
         self._tensors_of: dict[str, list[str]] = {}
         self._node_of: dict[str, str] = {}        # quantized tensor -> node that shows it
         self._highlighted: list[str] = []
-        self._scale = (0.0, 1.0)                  # SQNR at red, at green
 
     # --- public API ---------------------------------------------------------------------------
     def node_names(self) -> list[str]:
@@ -192,18 +198,41 @@ class GraphView(QGraphicsView):
     def set_sqnr(self, sqnr: dict[str, float]) -> None:
         """Colour nodes by the SQNR (dB) of their tensor; nodes without one stay grey."""
         self._sqnr = dict(sqnr)
+        self._recolour()
+
+    def set_thresholds(self, red_below: float, green_above: float) -> None:
+        """The colour scale: red under `red_below` dB, green above `green_above`."""
+        self.thresholds = (float(red_below), float(max(green_above, red_below)))
+        self._recolour()
+
+    @property
+    def legend(self) -> str:
+        red, green = self.thresholds
+        return (f"colour: SQNR of the node's output, red under {red:g} dB, amber {red:g}–{green:g}, "
+                f"green above {green:g}; grey: not measured")
+
+    def _recolour(self) -> None:
         if self._built:
-            self._update_scale()
             for n, item in self._items.items():
                 self._colour(n, item)
 
-    def fit(self) -> None:
-        """Show the whole graph, re-wrapping its strips to suit the view's current shape."""
+    def find(self, text: str) -> str | None:
+        """Select and show the node named `text` (or the first whose name contains it, case blind)."""
         self.ensure_built()
-        if self._layers:
-            strips = strips_for(len(self._layers), self._tallest, *self._view_size())
-            if strips != self._strips:
-                self._place(strips)
+        text = text.strip()
+        if not text:
+            return None
+        name = text if text in self._pos else next((n for n in self._names if text.lower() in n.lower()), None)
+        if name is None:
+            return None
+        self.select_node(name)
+        self.centerOn(self._items[name])
+        self._materialize_visible()
+        return name
+
+    def fit(self) -> None:
+        """Show the whole graph."""
+        self.ensure_built()
         self.fitInView(self.scene().sceneRect(), Qt.KeepAspectRatio)
         self._after_zoom()
 
@@ -263,28 +292,25 @@ class GraphView(QGraphicsView):
         for f in feeds:
             outputs[f] = [f]
         preds = {n: list(dict.fromkeys(ps)) for n, ps in preds.items()}  # Mul(x, x): one edge
-        depth, layers = layered_layout(self._names, preds)
+        cells = layered_layout(self._names, preds)
         self._preds = preds
+        self._shapes = {i.name: "×".join(str(d) if d else "?" for d in i.shape) for i in index.inputs}
         self._map_tensors(index, ops, outputs, inner, owner)
-        self._layers = layers
-        self._tallest = max((len(m) for m in layers.values()), default=1)
         targets = index.targets
         for n in self._names:
             if any(o in targets and targets[o].kind == "activation" for o in outputs.get(n, ())):
                 self.activation_marks.add(n)
-        self._update_scale()
         view_w, view_h = self._view_size()
-        rect = self._place(strips_for(len(layers), self._tallest, view_w, view_h))
-        # Small graphs fit; a big one opens at its inputs at a readable zoom.
-        if rect.width() <= 3 * view_w and rect.height() <= 3 * view_h:
+        rect = self._place(cells)
+        # A graph that reads when fitted is fitted; a bigger one opens at its inputs, readable.
+        if min(view_w / rect.width(), view_h / rect.height()) >= READABLE_SCALE:
             self.fit()
         else:
             self.resetTransform()
             self.scale(OPEN_SCALE, OPEN_SCALE)
-            first = layers[0][0] if layers.get(0) else None
-            if first is not None:
-                x, y = self._pos[first]
-                self.centerOn(QPointF(x + view_w / 2 / OPEN_SCALE - 60, y))
+            top = min(self._names, key=lambda n: (self._pos[n][1], self._pos[n][0]))
+            x, y = self._pos[top]
+            self.centerOn(QPointF(x + NODE_W / 2, y + view_h / 2 / OPEN_SCALE - 40))
             self._after_zoom()
         self.build_seconds = time.perf_counter() - started
 
@@ -294,13 +320,12 @@ class GraphView(QGraphicsView):
             return 900.0, 260.0
         return float(max(self.viewport().width(), 200)), float(max(self.viewport().height(), 120))
 
-    def _place(self, strips: int) -> QRectF:
-        """Position every node in `strips` strips; scene items are (re)created lazily."""
+    def _place(self, cells) -> QRectF:
+        """Position every node; scene items are created lazily, a band at a time."""
         self.scene().clear()
         self._items, self._labels = {}, []
         self.materialized_bands, self.labelled_bands = set(), set()
-        self._strips = strips
-        self._pos, self._band_of = place(self._layers, strips)
+        self._pos, self._band_of = place(cells)
         bands: dict[int, list[str]] = defaultdict(list)
         for n in self._names:
             bands[self._band_of[n]].append(n)
@@ -309,9 +334,9 @@ class GraphView(QGraphicsView):
         for band, members in self._bands.items():
             bx = [self._pos[n][0] for n in members]
             by = [self._pos[n][1] for n in members]
-            # margins: marks stick out, and edges bend back to the previous band
-            self._band_rects[band] = QRectF(min(bx) - COL_GAP, min(by) - 10,
-                                            max(bx) - min(bx) + NODE_W + 2 * COL_GAP, max(by) - min(by) + NODE_H + 20)
+            # margins: marks stick out, and edges come down from the band above
+            self._band_rects[band] = QRectF(min(bx) - COL_GAP, min(by) - ROW_GAP,
+                                            max(bx) - min(bx) + NODE_W + 2 * COL_GAP, max(by) - min(by) + NODE_H + 2 * ROW_GAP)
         xs = [p[0] for p in self._pos.values()] or [0.0]
         ys = [p[1] for p in self._pos.values()] or [0.0]
         rect = QRectF(min(xs) - 40, min(ys) - 40, max(xs) - min(xs) + NODE_W + 80, max(ys) - min(ys) + NODE_H + 80)
@@ -393,21 +418,21 @@ class GraphView(QGraphicsView):
             scene.addItem(item)
             self._items[n] = item
             self._colour(n, item)
-            mid = y + NODE_H / 2
-            if n in self.activation_marks:
-                acts.addEllipse(QPointF(x + NODE_W, mid), 4.5, 4.5)
-            for k in range(self.param_marks.get(n, 0)):
-                params.addRect(QRectF(x + 8 + 11 * k, y - 4, 8, 8))
+            centre = x + NODE_W / 2
+            if n in self.activation_marks:  # the output port, under the node
+                acts.addEllipse(QPointF(centre, y + NODE_H), 4.5, 4.5)
+            for k in range(self.param_marks.get(n, 0)):  # weights and biases come in from the left
+                params.addRect(QRectF(x - 4, y + 6 + 11 * k, 8, 8))
             for q in self._preds.get(n, ()):  # incoming edges live with their target's band
                 sx, sy = self._pos[q]
-                sx, sy = sx + NODE_W, sy + NODE_H / 2
-                if sx > x:  # from an earlier strip: a faint straight line back
+                sx, sy = sx + NODE_W / 2, sy + NODE_H
+                if sy > y:  # against the flow (a cycle of an invalid model): a faint straight line
                     wraps.moveTo(sx, sy)
-                    wraps.lineTo(x, mid)
+                    wraps.lineTo(centre, y)
                     continue
-                bend = max(COL_GAP * 0.6, (x - sx) * 0.3)
+                bend = max(ROW_GAP * 0.6, (y - sy) * 0.4)
                 edges.moveTo(sx, sy)
-                edges.cubicTo(sx + bend, sy, x - bend, mid, x, mid)
+                edges.cubicTo(sx, sy + bend, centre, y - bend, centre, y)
         scene.addPath(edges, EDGE_PEN).setZValue(0)
         scene.addPath(wraps, WRAP_PEN).setZValue(0)
         scene.addPath(acts, QPen(Qt.NoPen), ACT_MARK).setZValue(3)
@@ -421,25 +446,17 @@ class GraphView(QGraphicsView):
             return
         self.labelled_bands.add(band)
         for n in self._bands[band]:
-            op = self._ops.get(n, INPUT_OP)
-            text = f"{op}\n{self._metrics.elidedText(n, Qt.ElideMiddle, int(NODE_W - 10))}"
+            name = self._metrics.elidedText(n, Qt.ElideMiddle, int(NODE_W - 10))
+            if n in self._feeds:  # a graph input: its name once, and its shape
+                text = f"{name}\n{self._shapes.get(n, '')}"
+            else:
+                text = f"{self._ops.get(n, INPUT_OP)}\n{name}"
             label = QGraphicsSimpleTextItem(text, self._items[n])
             label.setFont(self._font)
             label.setPos(5, 4)
             label.setVisible(self._labels_shown)
             label.setCacheMode(QGraphicsItem.DeviceCoordinateCache)
             self._labels.append(label)
-
-    def _update_scale(self) -> None:
-        values = [self._sqnr[t] for t in self._colour_of.values() if t in self._sqnr and math.isfinite(self._sqnr[t])]
-        if not values:
-            self.legend = ""
-            self._scale = (0.0, 1.0)
-            return
-        lo, hi = min(values), max(values)
-        hi = max(hi, lo + 10.0)  # a spread under 10 dB is not worth a red-to-green scale
-        self._scale = (lo, hi)
-        self.legend = f"colour: SQNR of the node's output, red {lo:.1f} dB … green {hi:.1f} dB; grey: not measured"
 
     def _colour(self, n: str, item: QGraphicsRectItem) -> None:
         t = self._colour_of.get(n)
@@ -448,13 +465,13 @@ class GraphView(QGraphicsView):
             item.setBrush(INPUT_BRUSH if n in self._feeds else NODE_BRUSH)
         else:
             db = self._sqnr[t]
-            item.setBrush(QBrush(sqnr_color(db, *self._scale)))
+            item.setBrush(QBrush(sqnr_color(db, *self.thresholds)))
             tip += f"\nSQNR of {t}: {db:.1f} dB"
         item.setToolTip(tip)
 
     def _tooltip(self, node: str) -> str:
         tensors = self._tensors_of.get(node, [])
-        lines = [f"{node} ({self._ops.get(node, INPUT_OP)})"]
+        lines = [f"{node} (graph input)" if node in self._feeds else f"{node} ({self._ops.get(node, INPUT_OP)})"]
         if tensors:
             lines.append("quantized: " + ", ".join(tensors[:6]) + (" …" if len(tensors) > 6 else ""))
         return "\n".join(lines)
@@ -519,24 +536,70 @@ class GraphView(QGraphicsView):
 
 
 class GraphPanel(QWidget):
-    """The graph view with a one-line legend and a Fit button (objectName ``graphPanel``)."""
+    """The graph view with a find box, the colour scale's thresholds, a one-line legend and a Fit
+    button (objectName ``graphPanel``)."""
 
     def __init__(self, project, parent=None):
         super().__init__(parent)
         self.setObjectName("graphPanel")
         self.view = GraphView(project, self)
+        self.find_edit = QLineEdit(objectName="graphFind", placeholderText="Find node…", clearButtonEnabled=True)
+        self.find_edit.setToolTip("Type part of a node's name and press Enter (Ctrl+F in the graph)")
+        self.find_edit.setMaximumWidth(220)
+        self._names = QStringListModel(self)
+        completer = QCompleter(self._names, self)
+        completer.setCaseSensitivity(Qt.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchContains)
+        completer.activated.connect(self._find)
+        self.find_edit.setCompleter(completer)
+        self.find_edit.returnPressed.connect(lambda: self._find(self.find_edit.text()))
+        self.red_below = self._threshold("graphRedBelow", RED_BELOW, "Red under this SQNR (dB)")
+        self.green_above = self._threshold("graphGreenAbove", GREEN_ABOVE, "Green above this SQNR (dB)")
         self.legend = QLabel(objectName="graphLegend", wordWrap=True)  # wraps: never widens the window
         self.legend.setTextFormat(Qt.RichText)
         fit = QPushButton("Fit (F)", objectName="graphFitButton")
         fit.clicked.connect(self.view.fit)
         bar = QHBoxLayout()
+        bar.addWidget(self.find_edit)
+        bar.addWidget(QLabel(f"<span style='color:{RED.darker(130).name()}'>■</span> red under"))
+        bar.addWidget(self.red_below)
+        bar.addWidget(QLabel(f"<span style='color:{GREEN.darker(130).name()}'>■</span> green above"))
+        bar.addWidget(self.green_above)
         bar.addWidget(self.legend, 1)
         bar.addWidget(fit)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.view, 1)
         layout.addLayout(bar)
+        shortcut = QShortcut(QKeySequence.Find, self, context=Qt.WidgetWithChildrenShortcut)
+        shortcut.activated.connect(self.find_edit.setFocus)
+        listen(self, project, self._on_project)
         self.update_legend()
+
+    def _threshold(self, name: str, value: float, tip: str) -> QDoubleSpinBox:
+        box = QDoubleSpinBox(objectName=name, suffix=" dB", decimals=0, minimum=0.0, maximum=200.0, value=value)
+        box.setToolTip(tip)
+        box.valueChanged.connect(self._thresholds_changed)
+        return box
+
+    def _thresholds_changed(self) -> None:
+        self.view.set_thresholds(self.red_below.value(), self.green_above.value())
+        self.update_legend()
+
+    def _find(self, text: str) -> None:
+        if self.view.find(text) is None and text.strip():
+            self.legend.setText(f"no node named like '{text.strip()}'")
+
+    def _on_project(self, event: str, names) -> None:
+        if event == "model" and shiboken6.isValid(self):
+            self._names.setStringList([])
+            self.find_edit.clear()
+            self.update_legend()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self.view.ensure_built()
+        self._names.setStringList(self.view.node_names())
 
     def set_sqnr(self, sqnr: dict[str, float]) -> None:
         self.view.set_sqnr(sqnr)
@@ -545,4 +608,6 @@ class GraphPanel(QWidget):
     def update_legend(self) -> None:
         marks = ("<span style='color:#ef6c00'>●</span> activation quantizer &nbsp; "
                  "<span style='color:#6a1b9a'>■</span> weight/bias quantizer")
-        self.legend.setText(marks + (" &nbsp;·&nbsp; " + self.view.legend if self.view.legend else ""))
+        self.legend.setText(marks + " &nbsp;·&nbsp; node colour: SQNR of its output, "
+                            f"<span style='color:{AMBER.darker(130).name()}'>■</span> amber between; grey: not measured")
+        self.legend.setToolTip(self.view.legend)

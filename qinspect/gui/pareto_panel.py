@@ -26,6 +26,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBox
 
 from ..core.commands import SetEdits
 from .events import listen
+from .widgets import wrapped_tip
 
 SAMPLES = 16
 CANDIDATES = ("int8", "int16", "float16", "float32")
@@ -209,7 +210,7 @@ class ParetoPanel(QWidget):
     def _tip(self, x, y, data) -> str:
         if data is None or not 0 <= data < len(self.points):
             return ""
-        return describe_point(self.points[data]) + "\nclick to apply"
+        return wrapped_tip(describe_point(self.points[data]) + "\nclick to apply")  # never off the window
 
     def _redraw(self) -> None:
         pts = self.points

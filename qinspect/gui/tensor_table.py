@@ -44,6 +44,8 @@ from ..core.targets.rules import precision
 COLUMNS = ("Name", "Op", "Kind", "Shape", "Min", "Max", "Enc min", "Enc max", "Bitwidth", "Dtype", "Scheme",
            "Clipped", "SQNR")
 NAME, OP, KIND, SHAPE, MIN, MAX, ENC_MIN, ENC_MAX, BW, DTYPE, SCHEME, CLIPPED, SQNR = range(len(COLUMNS))
+FIT_ROWS = 50    # rows measured to size a column (each one derived: keep it lazy)
+NAME_MAX = 320   # px: a longer name elides in the middle (its tooltip has it whole)
 NUMERIC = frozenset({MIN, MAX, ENC_MIN, ENC_MAX, BW, CLIPPED, SQNR})
 SORT_ROLE = Qt.ItemDataRole.UserRole  # raw numbers (None when unknown) so numeric columns sort as numbers
 # Roles looked up once: PySide6 resolves an old-style name such as Qt.DisplayRole in ~7 us, and
@@ -477,6 +479,7 @@ class TensorTable(QWidget):
         self.view.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.view.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.view.setWordWrap(False)
+        self.view.setTextElideMode(Qt.ElideMiddle)  # long names keep their distinctive end
         self.view.setAlternatingRowColors(True)
         # Fixed row heights (QTableView's uniform rows): the view never measures every row.
         vheader = self.view.verticalHeader()
@@ -488,6 +491,12 @@ class TensorTable(QWidget):
         hheader.setStretchLastSection(True)
         hheader.resizeSection(NAME, 220)
         hheader.setSectionsMovable(True)
+        # Column widths from a sample of rows (Qt's default measures 1000): cheap on big models.
+        hheader.setResizeContentsPrecision(FIT_ROWS)
+        self._user_sized: set[int] = set()
+        self._fitting = False
+        self._shown = False
+        hheader.sectionResized.connect(self._on_section_resized)
         # Show what a user compares first (precision and error) before the raw numbers; the
         # model's column numbers stay as they are, only the visual order changes.
         for visual, column in enumerate((NAME, OP, KIND, BW, DTYPE, SQNR, CLIPPED, ENC_MIN, ENC_MAX)):
@@ -526,6 +535,31 @@ class TensorTable(QWidget):
 
     def set_sqnr(self, sqnr: dict[str, float]) -> None:
         self.model.set_sqnr(sqnr)
+        self.fit_columns((SQNR, CLIPPED))
+
+    def fit_columns(self, columns=None) -> None:
+        """Size columns to their header and (a sample of) their values, so nothing is cut off;
+        a column the user resized keeps its width, the name column stops at `NAME_MAX` px."""
+        hheader = self.view.horizontalHeader()
+        self._fitting = True
+        try:
+            for col in range(len(COLUMNS)) if columns is None else columns:
+                if col in self._user_sized or col == hheader.logicalIndex(hheader.count() - 1):
+                    continue  # the last column stretches
+                width = max(self.view.sizeHintForColumn(col), hheader.sectionSizeHint(col))
+                hheader.resizeSection(col, min(width, NAME_MAX) if col == NAME else width)
+        finally:
+            self._fitting = False
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._shown:  # the first look: rows exist but no reset has fitted them yet
+            self._shown = True
+            self.fit_columns()
+
+    def _on_section_resized(self, col: int, _old: int, _new: int) -> None:
+        if not self._fitting:  # a user's drag (or the stretching last column, never fitted anyway)
+            self._user_sized.add(col)
 
     def selected_names(self) -> list[str]:
         rows = sorted(i.row() for i in self.view.selectionModel().selectedRows())
@@ -592,6 +626,7 @@ class TensorTable(QWidget):
     def _after_reset(self) -> None:
         # New statistics keep the user's selection; a new model drops names it does not have.
         self._fill_op_types()
+        self.fit_columns()
         kept, self._kept = self._kept, []
         still = [n for n in kept if self.model.row_of(n) is not None]
         if still:

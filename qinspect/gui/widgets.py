@@ -1,6 +1,8 @@
 """Small widgets the panels share."""
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy
@@ -30,3 +32,15 @@ class ElidedLabel(QLabel):
         rect = self.contentsRect()
         shown = self.fontMetrics().elidedText(self.text(), Qt.ElideRight, rect.width())
         painter.drawText(rect, int(self.alignment() | Qt.AlignVCenter), shown)
+
+
+BREAKS = ("/", "_", ".", ",")  # where a long tensor name may wrap
+
+
+def wrapped_tip(text: str) -> str:
+    """Plain multi-line text as a tooltip that wraps: Qt wraps rich text tooltips only, and
+    tensor names wrap only where a zero-width space allows it."""
+    text = html.escape(text)
+    for mark in BREAKS:
+        text = text.replace(mark, mark + "\u200b")
+    return "<qt>" + text.replace("\n", "<br>") + "</qt>"

@@ -1,4 +1,5 @@
-"""The graph view: layered layout, quantizer marks, SQNR colours, node clicks, big graphs."""
+"""The graph view: top-down layered layout, quantizer marks, absolute SQNR colours, find, node clicks,
+big graphs."""
 import time
 
 import numpy as np
@@ -8,8 +9,8 @@ from PySide6.QtCore import Qt
 
 from qinspect.core.graph.model import load_model
 from qinspect.core.project import Project
-from qinspect.gui.graph_layout import BAND, layered_layout, place, strips_for
-from qinspect.gui.graph_view import GraphView
+from qinspect.gui.graph_layout import BAND, NODE_H, layered_layout, place
+from qinspect.gui.graph_view import AMBER, GREEN, RED, GraphPanel, GraphView, sqnr_color
 from qinspect.gui.main_window import EXAMPLE_DATA
 
 WAIT = 60_000
@@ -34,25 +35,87 @@ def big_dag(blocks: int) -> onnx.ModelProto:
     return model
 
 
-def test_layered_layout_depths_and_rows():
+def test_layered_layout_is_top_down():
     preds = {"a": ["x"], "b": ["a"], "c": ["a"], "d": ["b", "c", "x"]}
-    depth, layers = layered_layout(["x", "a", "b", "c", "d"], preds)
-    assert depth == {"x": 0, "a": 1, "b": 2, "c": 2, "d": 3}
-    assert layers[2] == ["b", "c"]
+    cells = layered_layout(["x", "a", "b", "c", "d"], preds)
+    layer = {n: cells[n][1] for n in cells}
+    assert layer == {"x": 0, "a": 1, "b": 2, "c": 2, "d": 3}
+    assert cells["b"][0] != cells["c"][0]  # side by side in their layer
     # a cycle (invalid ONNX) and unknown names: every node is still placed once
-    depth, layers = layered_layout(["q", "p"], {"q": ["p", "nowhere"], "p": ["q"]})
-    assert sorted(depth) == ["p", "q"] and sum(len(v) for v in layers.values()) == 2
+    cells = layered_layout(["q", "p"], {"q": ["p", "nowhere"], "p": ["q"]})
+    assert sorted(cells) == ["p", "q"] and cells["p"][1] != cells["q"][1]
 
 
-def test_strips_fill_the_view():
-    assert strips_for(12, 1, 3000, 300) == 1  # fits at full size: one row
-    assert strips_for(12, 1, 900, 260) == 2   # two rows of 6 are shown larger than one of 12
-    s = strips_for(3000, 1, 900, 300)
-    pos, band_of = place({d: [f"n{d}"] for d in range(3000)}, s)
-    xs = [p[0] for p in pos.values()]
-    ys = [p[1] for p in pos.values()]
-    assert 1 < (max(xs) - min(xs)) / (max(ys) - min(ys)) < 6  # about the view's shape
-    assert max(band_of.values()) + 1 >= 3000 / BAND
+def test_a_deep_chain_is_one_column_not_wrapped_rows():
+    names = [f"n{i}" for i in range(3000)]
+    cells = layered_layout(names, {names[i]: [names[i - 1]] for i in range(1, 3000)})
+    pos, band_of = place(cells)
+    assert len({p[0] for p in pos.values()}) == 1  # one column
+    assert [pos[n][1] for n in names] == sorted(pos[n][1] for n in names)  # top down, in order
+    assert pos["n1"][1] - pos["n0"][1] > NODE_H
+    assert max(band_of.values()) + 1 == 3000 // BAND + (3000 % BAND > 0)
+
+
+def test_colours_are_absolute_and_adjustable(qtbot):
+    assert sqnr_color(43.0) == GREEN and sqnr_color(36.0) == GREEN  # a healthy model is green
+    assert sqnr_color(27.0) == AMBER and sqnr_color(12.0) == RED
+    assert sqnr_color(30.0, red_below=35, green_above=45) == RED
+    panel = GraphPanel(Project(load_model(big_dag(3))))
+    qtbot.addWidget(panel)
+    assert "red under 20 dB" in panel.legend.toolTip()
+    panel.view.set_sqnr({"r0": 30.0, "r1": 50.0})
+    assert panel.view.node_item("relu0").brush().color() == AMBER
+    panel.findChild(object, "graphGreenAbove").setValue(28)
+    assert panel.view.node_item("relu0").brush().color() == GREEN
+    assert "green above 28" in panel.legend.toolTip()
+    panel.findChild(object, "graphRedBelow").setValue(40)
+    assert panel.view.node_item("relu0").brush().color() == RED
+    assert panel.view.node_item("relu1").brush().color() == GREEN
+    assert panel.view.thresholds == (40.0, 40.0)  # green never below red
+
+
+def test_find_a_node_by_name(qtbot):
+    panel = GraphPanel(Project(load_model(big_dag(400))))
+    qtbot.addWidget(panel)
+    panel.resize(900, 300)
+    panel.show()
+    qtbot.waitExposed(panel)
+    view = panel.view
+    selected = []
+    view.tensorsSelected.connect(lambda names, primary: selected.append(names))
+    box = panel.findChild(object, "graphFind")
+    assert box.completer().model().rowCount() == 1201  # every node and the input
+    box.setText("RELU399")  # case blind, part of a name
+    qtbot.keyClick(box, Qt.Key_Return)
+    assert selected == [["r399"]]
+    assert view._highlighted[0] == "relu399"
+    assert view._visible_rect().contains(view.node_item("relu399").sceneBoundingRect())
+    box.setText("nothing like it")
+    qtbot.keyClick(box, Qt.Key_Return)
+    assert "no node named like 'nothing like it'" in panel.legend.text()
+    assert len(selected) == 1
+
+
+def test_input_node_shows_its_name_once_and_its_shape(qtbot):
+    view = GraphView(Project(load_model(big_dag(2))))
+    qtbot.addWidget(view)
+    view.resize(600, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    labels = [c.text() for c in view.node_item("x").childItems()]
+    assert labels == ["x\nN×8"]
+
+
+def test_a_100_node_graph_opens_readable(qtbot):
+    view = GraphView(Project(load_model(big_dag(40))))
+    qtbot.addWidget(view)
+    view.resize(900, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    assert view.transform().m11() >= 0.6  # labels of ~9 px or more, not a fitted strip
+    assert view.labelled_bands
+    view.fit()
+    assert view.transform().m11() < 0.35  # fitting shows everything, labels off
 
 
 def test_marks_and_tensors_on_the_example(qtbot, window):
@@ -86,18 +149,22 @@ def test_clicking_a_node_selects_its_tensors_and_colours_follow_sqnr(qtbot, wind
     # the table's selection highlights the node back
     window.table.select(["fc1.weight"])
     assert graph.node_item("fc1").pen().widthF() > 1 and item.pen().widthF() == 1
-    # colours: the worst measured node is red, the best green; unmeasured nodes keep the default
+    # colours on the absolute scale: each measured node's colour follows its own SQNR
     sqnr = window.live_error.sqnr
     colour_of = graph._colour_of
-    worst = min((n for n in colour_of if colour_of[n] in sqnr), key=lambda n: sqnr[colour_of[n]])
-    best = max((n for n in colour_of if colour_of[n] in sqnr), key=lambda n: sqnr[colour_of[n]])
-    assert graph.node_item(worst).brush().color().hueF() < 0.05
-    assert graph.node_item(best).brush().color().hueF() > 0.25
+    measured = [n for n in colour_of if colour_of[n] in sqnr]
+    assert measured
+    for n in measured:
+        assert graph.node_item(n).brush().color() == sqnr_color(sqnr[colour_of[n]])
     assert graph.node_item("pool").brush().color().saturationF() < 0.1
-    # an edit re-colours: with 4-bit weights conv2 becomes the worst
+    # an edit re-colours: 4-bit weights cost conv2's output over 10 dB and take it down the scale
+    before = sqnr["conv2_relu_out"]
     with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
         window.project.apply_edit(["conv2.weight"], {"bw": 4})
-    assert graph.node_item("conv2").brush().color().hueF() < 0.05
+    after = window.live_error.sqnr["conv2_relu_out"]
+    assert after < before - 10 and sqnr_color(after) != sqnr_color(before)
+    assert graph.node_item("conv2").brush().color() == sqnr_color(after)
+    print(f"\nconv2_relu_out: {before:.1f} dB -> {after:.1f} dB with 4-bit weights")
 
 
 def test_select_node_drives_the_window(qtbot, window):
@@ -122,7 +189,7 @@ def test_a_3000_node_graph_builds_and_stays_cheap(qtbot):
     assert len(view.node_names()) == 3001  # nodes and the input
     lazily = len(view.scene().items())
     assert len(view.materialized_bands) < 10  # only the bands in view have items
-    assert view._strips > 10  # a deep chain wraps into strips
+    assert view.transform().m11() >= 0.6  # opens readable, on its input
     rng = np.random.default_rng(1)
     sqnr = {n: float(rng.uniform(10, 50)) for n in project.index.targets}
     started = time.perf_counter()

@@ -98,7 +98,7 @@ def test_pareto_points_apply_as_undoable_plans(qtbot, window):
     assert len(points) >= 2
     assert [p.cost for p in points] == sorted(p.cost for p in points)
     assert len(panel.scatter.points()) == len(points)
-    assert panel._tip(0, 0, 1).startswith(points[1].label)
+    assert panel._tip(0, 0, 1).startswith("<qt>" + points[1].label.replace(".", ".\u200b"))
     i = next(i for i, p in enumerate(points) if p.changes)
     before = dict(window.project.encodings)
     assert panel.apply_point(i)
@@ -127,3 +127,28 @@ def test_a_new_model_clears_stale_results(qtbot, window):
     window.open_example()
     assert panel.entries == [] and not panel.promote_button.isEnabled()
     assert not panel.promote_top(1, "int16")
+
+
+def test_a_long_pareto_tooltip_wraps_inside_the_window(qtbot, window):
+    from dataclasses import replace
+
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QApplication, QToolTip
+
+    panel = window.pareto
+    with qtbot.waitSignal(panel.searchFinished, timeout=WAIT):
+        window.actionParetoSearch.trigger()
+    long_names = ", ".join(f"/model/backbone/stage{i}/block_{i}/conv_{i}/Conv" for i in range(3))
+    panel.points[0] = replace(panel.points[0], label=f"int8 + int16: {long_names} +12")
+    window.resize(1000, 700)
+    window.show()
+    qtbot.waitExposed(window)
+    QToolTip.showText(window.mapToGlobal(QPoint(900, 300)), panel._tip(0, 0, 0), window)
+    tips = [w for w in QApplication.topLevelWidgets() if w.metaObject().className() == "QTipLabel" and w.isVisible()]
+    assert tips
+    one_line = tips[0].fontMetrics().horizontalAdvance(panel.points[0].label)
+    # wrapped to a tooltip's width, not one line as wide as the window (Qt wraps plain text only at
+    # the screen's width)
+    assert tips[0].width() <= 360 < one_line / 2
+    assert "stage2" in tips[0].text()
+    QToolTip.hideText()

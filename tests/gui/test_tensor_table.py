@@ -289,3 +289,23 @@ def test_thousands_of_rows_are_computed_lazily(qtbot):
 def test_model_without_project_is_empty(qtbot):
     model = TensorTableModel(None)
     assert model.rowCount() == 0 and model.op_types() == []
+
+
+def test_columns_fit_their_values_and_keep_a_users_width(table, project, qtbot):
+    header = table.view.horizontalHeader()
+    metrics = table.view.fontMetrics()
+    last = header.logicalIndex(header.count() - 1)  # stretches to the edge
+    model = table.model
+    for col in range(len(COLUMNS)):
+        if col == last:
+            continue
+        texts = [COLUMNS[col]] + [model.data(model.index(r, col)) or "" for r in range(model.rowCount())]
+        widest = max(metrics.horizontalAdvance(t) for t in texts)
+        assert header.sectionSize(col) >= widest + 6, COLUMNS[col]  # never cut off ("…")
+    # live SQNR arrives later: its column grows to fit
+    table.set_sqnr({n: -123456.789 for n in project.index.targets})
+    assert header.sectionSize(SQNR) >= metrics.horizontalAdvance(cell(model, "logits", SQNR)) + 6
+    # a width the user chose survives new statistics
+    header.resizeSection(ENC_MIN, 300)
+    project.set_stats(dict(project.stats), 500)
+    assert header.sectionSize(ENC_MIN) == 300
