@@ -1,59 +1,166 @@
-"""Regenerate the README screenshots offscreen: python docs/screenshots.py"""
+"""Screenshots of the window as a person sees it, in a real X server, at two screen sizes.
+
+    python docs/screenshots.py              # starts Xvfb (and openbox, for title bars) per size
+    python docs/screenshots.py --install    # first installs them: apt-get install xvfb openbox
+    python docs/screenshots.py --sizes 1366x768 --model other.onnx   # another model: its graph only
+
+For each size it starts `Xvfb` on a free display with that screen, a window manager if one is
+installed (the title bar shows the unsaved-changes marker; the window is maximised as on a
+desktop), and runs this file again inside it (`--inside`), which walks the workflow and grabs
+the whole X screen (dialogs and tooltips included) into `docs/img/<W>x<H>/`:
+
+    01_open          the bundled example, just opened
+    02_calibrate     the calibration dialog
+    03_relu_spike    a Relu's output after calibration: the spike at zero, labelled
+    04_edit          conv2's weights at 4 bits: the table, the status bar and the title follow
+    05_sensitivity   the sensitivity ranking
+    06_graph         the graph, a node found by name
+
+With --model, only `01_open` and `06_graph` of that model are taken (no data needed), into
+`docs/img/<W>x<H>-<model name>/`.
+"""
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-from PySide6.QtCore import QEventLoop, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from qinspect.gui import create_main_window, messages  # noqa: E402
-from qinspect.gui.main_window import EXAMPLE_DATA  # noqa: E402
-
 OUT = Path(__file__).resolve().parent / "img"
+SIZES = ("1366x768", "1920x1080")
+RELU_OUTPUT = "conv1_relu_out"  # the bundled example's first Relu
 
 
-def settle(ms: int = 200) -> None:
-    loop = QEventLoop()
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec()
+# --- outside: X servers ---------------------------------------------------------------------------
+def install() -> None:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(sudo + ["apt-get", "install", "-y", "xvfb", "openbox"], check=True)
 
 
-def wait_for(signal, ms: int = 60_000) -> None:
-    loop = QEventLoop()
-    signal.connect(lambda *args: loop.quit())
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec()
+def free_display() -> int:
+    n = 90
+    while Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists():
+        n += 1
+    return n
 
 
-def main() -> int:
+def run_in_xvfb(size: str, extra: list[str]) -> int:
+    if shutil.which("Xvfb") is None:
+        print("Xvfb is not installed: run with --install (apt-get install xvfb openbox)", file=sys.stderr)
+        return 2
+    n = free_display()
+    w, h = size.split("x")
+    server = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", f"{w}x{h}x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, DISPLAY=f":{n}", QT_QPA_PLATFORM="xcb")
+    wm = None
+    try:
+        deadline = time.monotonic() + 20
+        while not Path(f"/tmp/.X11-unix/X{n}").exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                print(f"Xvfb :{n} did not start", file=sys.stderr)
+                return 2
+            time.sleep(0.1)
+        if shutil.which("openbox"):
+            wm = subprocess.Popen(["openbox"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        else:
+            print("no window manager (openbox): no title bars in the pictures", file=sys.stderr)
+        return subprocess.run([sys.executable, __file__, "--inside", size] + extra, env=env, timeout=600).returncode
+    finally:
+        for proc in (wm, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+
+# --- inside: the walk -----------------------------------------------------------------------------
+def walk(size: str, model: str | None) -> int:
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from qinspect.gui import create_main_window, messages
+    from qinspect.gui.calibration_dialog import CalibrationDialog
+    from qinspect.gui.main_window import EXAMPLE_DATA
+
+    def settle(ms: int = 500) -> None:
+        loop = QEventLoop()
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+
+    def wait_for(signal, ms: int = 120_000) -> None:
+        loop = QEventLoop()
+        signal.connect(lambda *args: loop.quit())
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    messages.handler = lambda level, title, text: print(f"{level}: {title}: {text}", file=sys.stderr)
+    problems = []
+    messages.handler = lambda level, title, text: (problems.append(f"{level}: {title}: {text}"),
+                                                   print(problems[-1], file=sys.stderr))
     messages.answerer = lambda title, text, choices: "Discard"  # closing asks about unsaved work
+    folder = OUT / (size if model is None else f"{size}-{Path(model).stem}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(name: str) -> None:
+        settle()
+        app.primaryScreen().grabWindow(0).save(str(folder / f"{name}.png"))
+        print(f"  {folder.relative_to(OUT.parent.parent)}/{name}.png")
+
     window = create_main_window()
-    window.resize(1500, 900)
-    window.show()
-    window.calibrate(str(EXAMPLE_DATA))
-    wait_for(window.calibrationFinished)
-    wait_for(window.errorUpdated)
-    OUT.mkdir(exist_ok=True)
-    window.table.select(["fc1_relu_out"])
-    settle()
-    window.grab().save(str(OUT / "main_window.png"))
-    window.sensitivity.run()
-    wait_for(window.sensitivity.runFinished)
-    window._show_dock(window.sensitivity_dock)
-    settle()
-    window.grab().save(str(OUT / "sensitivity.png"))
-    window.table.select(["conv2.weight"])
-    settle()
-    window.grab().save(str(OUT / "weights_per_channel.png"))
+    if model is not None and not window.open_model(model):
+        return 1
+    window.showMaximized()
+    settle(1500)
+    shot("01_open")
+    if model is None:
+        window.actionCalibrate.trigger()
+        dialog = next(d for d in window.findChildren(CalibrationDialog) if d.isVisible())
+        shot("02_calibrate")
+        dialog.accept()
+        wait_for(window.calibrationFinished)
+        wait_for(window.errorUpdated)
+        window.table.select([RELU_OUTPUT])
+        shot("03_relu_spike")
+        window.table.select(["conv2.weight"])
+        combo = window.editor.bitwidth_combo
+        combo.setCurrentIndex(combo.findData(4))  # as a user picks 4 in the Bitwidth box
+        wait_for(window.errorUpdated)
+        shot("04_edit")
+        window.actionRunSensitivity.trigger()
+        wait_for(window.sensitivity.runFinished)
+        shot("05_sensitivity")
+    window._show_dock(window.graph_dock)
+    panel = window.graph_panel
+    panel.find_edit.setText("conv2" if model is None else panel.view.node_names()[len(panel.view.node_names()) // 2])
+    panel.find_edit.returnPressed.emit()
+    shot("06_graph")
     window.close()
     app.processEvents()
-    print(f"wrote screenshots to {OUT}")
+    return 1 if any(p.startswith("error") for p in problems) else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--install", action="store_true", help="apt-get install xvfb openbox first")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma separated WxH (default %(default)s)")
+    parser.add_argument("--model", help="an ONNX model to open instead of the example (graph only)")
+    parser.add_argument("--inside", metavar="WxH", help=argparse.SUPPRESS)  # already in the X server
+    args = parser.parse_args(argv)
+    model = str(Path(args.model).resolve()) if args.model else None
+    if args.inside:
+        return walk(args.inside, model)
+    if args.install:
+        install()
+    extra = ["--model", model] if model else []
+    for size in args.sizes.split(","):
+        print(f"{size}:")
+        code = run_in_xvfb(size.strip(), extra)
+        if code:
+            return code
     return 0
 
 

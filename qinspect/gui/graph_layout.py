@@ -30,7 +30,24 @@ def layered_layout(names, preds) -> dict[str, tuple[float, int]]:
         return {}
     graph = igraph.Graph(n=len(names), edges=edges, directed=True)
     coords = graph.layout_sugiyama(maxiter=CROSSING_PASSES).coords[: len(names)]
-    return {n: (float(x), int(round(y))) for n, (x, y) in zip(names, coords)}
+    cells = {n: (float(x), int(round(y))) for n, (x, y) in zip(names, coords)}
+    return _spread(cells)
+
+
+def _spread(cells: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    """At least one column between the nodes of a layer, keeping their order: igraph (1.0) can put
+    nodes of separate components, or a lone node, on the same spot (seen on YOLOv8's graph)."""
+    layers: dict[int, list[str]] = {}
+    for n, (_, layer) in cells.items():
+        layers.setdefault(layer, []).append(n)
+    out = {}
+    for layer, members in layers.items():
+        last = None
+        for n in sorted(members, key=lambda m: cells[m][0]):
+            x = cells[n][0] if last is None else max(cells[n][0], last + 1.0)
+            out[n] = (x, layer)
+            last = x
+    return out
 
 
 def place(cells: dict[str, tuple[float, int]]) -> tuple[dict[str, tuple[float, float]], dict[str, int]]:

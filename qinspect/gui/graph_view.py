@@ -7,8 +7,9 @@ Built to stay usable on graphs of thousands of nodes:
 - the layout (`graph_layout`: igraph's Sugiyama layering, C code) is computed from the index's
   producers and consumers, without walking the protobuf;
 - it is computed when the view is first shown (or asked for a node), and again after a new model
-  is opened; scene items are created lazily, a band of `BAND` layers at a time, when the band
-  comes into view; SQNR updates only change the brushes of the items that exist;
+  is opened; scene items are created a band of `BAND` layers at a time: when the band comes into
+  view, and in idle slices of a few ms (boxes only; labels when seen) so that fitting a big graph
+  later only paints; SQNR updates only change the brushes of the items that exist;
 - a graph too big to read when fitted opens at a readable zoom on its inputs; Fit (F) shows it all;
 - each node is a QGraphicsRectItem with one QGraphicsSimpleTextItem (both painted in C++, cached);
   edges (with their target) and quantizer marks are one QGraphicsPathItem per band, so the BSP
@@ -21,15 +22,17 @@ the quantizers inside its bodies too.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 import shiboken6
-from PySide6.QtCore import QPointF, QRectF, QStringListModel, Qt, Signal
+from PySide6.QtCore import QPoint, QPointF, QRectF, QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QKeySequence, QPainter, QPainterPath, QPen, QShortcut
 from PySide6.QtWidgets import (
     QCompleter,
     QDoubleSpinBox,
     QGraphicsItem,
+    QGraphicsPathItem,
     QGraphicsRectItem,
     QGraphicsScene,
     QGraphicsSimpleTextItem,
@@ -43,15 +46,20 @@ from PySide6.QtWidgets import (
 )
 
 from .events import listen
+from .widgets import ElidedLabel
 from .graph_layout import COL_GAP, NODE_H, NODE_W, ROW_GAP, layered_layout, place
 
-OPEN_SCALE = 0.85         # zoom a big graph opens at
-READABLE_SCALE = 0.6      # a graph whose fit is smaller opens at OPEN_SCALE on its inputs instead
+OPEN_SCALE = 1.0          # zoom a big graph opens at: labels at the font's size
+READABLE_SCALE = 0.8      # a graph whose fit is smaller (labels under ~9 px) opens at OPEN_SCALE on its inputs
 LABEL_MIN_SCALE = 0.35    # below this zoom, labels are hidden
 RED_BELOW, GREEN_ABOVE = 20.0, 35.0  # dB: the default colour scale, the same for every model
 MAX_FOLLOW = 3            # steps followed from a fused node to the tensor that carries its error
+IDLE_SLICE = 0.008        # s of item creation per idle tick (a frame stays smooth)
+IDLE_LIMIT = 20_000       # nodes: bigger graphs create items only when seen (memory)
 INPUT_OP = "Input"
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+KEY = ("<span style='color:#ef6c00'>●</span> activation quantizer<br>"
+       "<span style='color:#6a1b9a'>■</span> weight/bias quantizer")
 
 NODE_BRUSH = QBrush(QColor("#eceff1"))
 INPUT_BRUSH = QBrush(QColor("#e3f2fd"))
@@ -74,6 +82,7 @@ def sqnr_color(db: float, red_below: float = RED_BELOW, green_above: float = GRE
     healthy model is green and a broken one red whatever the spread of its own numbers."""
     if math.isnan(db):
         return QColor("#b0bec5")
+    db = round(db, 1)  # the value the table shows: 19.96 reads 20.0, and is amber
     if db < red_below:
         return RED
     return AMBER if db < green_above else GREEN
@@ -115,10 +124,20 @@ class GraphView(QGraphicsView):
         self._font.setPointSizeF(max(7.0, self._font.pointSizeF() * 0.9))
         self._metrics = QFontMetrics(self._font)
         self._built = False
+        self._placing = False
         self._sqnr: dict[str, float] = {}
         self.thresholds = (RED_BELOW, GREEN_ABOVE)
         self._reset_state()
         self.build_seconds = 0.0
+        # The key to the marks, over the view's corner: a child of the scroll area, not of the
+        # viewport, so scrolling does not move it; clicks and drags go through to the graph.
+        self.key = QLabel(KEY, self, objectName="graphKey")
+        self.key.setStyleSheet("QLabel { background: rgba(255, 255, 255, 215); border: 1px solid #cfd8dc; "
+                               "padding: 2px 5px; color: #37474f; }")
+        self.key.setAttribute(Qt.WA_TransparentForMouseEvents)
+        self.key.adjustSize()
+        self._idle = QTimer(self, interval=0)
+        self._idle.timeout.connect(self._fill_idle)
         listen(self, project, self._on_project)
 
     def _reset_state(self) -> None:
@@ -127,7 +146,9 @@ class GraphView(QGraphicsView):
         self.materialized_bands: set[int] = set()
         self.labelled_bands: set[int] = set()
         self._items: dict[str, QGraphicsRectItem] = {}
-        self._labels: list[QGraphicsSimpleTextItem] = []
+        self._labels: dict[str, QGraphicsSimpleTextItem] = {}
+        self._band_labels: dict[int, QGraphicsRectItem] = {}   # band -> the (empty) parent of its labels
+        self._band_outlines: dict[int, QGraphicsPathItem] = {}  # band -> its boxes' outlines, one path
         self._labels_shown = True
         self._names: list[str] = []               # every node, graph inputs first
         self._ops: dict[str, str] = {}
@@ -182,7 +203,7 @@ class GraphView(QGraphicsView):
         for n in self._highlighted:
             item = self._items.get(n)
             if item is not None:
-                item.setPen(self._node_pen())
+                item.setPen(NO_PEN)
                 item.setZValue(1)
         self._highlighted = [n for n in nodes if n in self._pos]
         for n in self._highlighted:
@@ -251,13 +272,12 @@ class GraphView(QGraphicsView):
                 self._build()
 
     def _clear(self) -> None:
+        self._idle.stop()
         self.scene().clear()
         self._reset_state()
         self._built = False
 
     def _build(self) -> None:
-        import time
-
         started = time.perf_counter()
         self._clear()
         self._built = True
@@ -313,6 +333,8 @@ class GraphView(QGraphicsView):
             self.centerOn(QPointF(x + NODE_W / 2, y + view_h / 2 / OPEN_SCALE - 40))
             self._after_zoom()
         self.build_seconds = time.perf_counter() - started
+        if len(self._names) <= IDLE_LIMIT:
+            self._idle.start()
 
     def _view_size(self) -> tuple[float, float]:
         """The viewport's size, or a typical panel's before the view is first shown."""
@@ -323,7 +345,7 @@ class GraphView(QGraphicsView):
     def _place(self, cells) -> QRectF:
         """Position every node; scene items are created lazily, a band at a time."""
         self.scene().clear()
-        self._items, self._labels = {}, []
+        self._items, self._labels, self._band_labels, self._band_outlines = {}, {}, {}, {}
         self.materialized_bands, self.labelled_bands = set(), set()
         self._pos, self._band_of = place(cells)
         bands: dict[int, list[str]] = defaultdict(list)
@@ -340,7 +362,12 @@ class GraphView(QGraphicsView):
         xs = [p[0] for p in self._pos.values()] or [0.0]
         ys = [p[1] for p in self._pos.values()] or [0.0]
         rect = QRectF(min(xs) - 40, min(ys) - 40, max(xs) - min(xs) + NODE_W + 80, max(ys) - min(ys) + NODE_H + 80)
-        self.scene().setSceneRect(rect)
+        # The new rect scrolls the view to its middle; items are made once the view is placed.
+        self._placing = True
+        try:
+            self.scene().setSceneRect(rect)
+        finally:
+            self._placing = False
         return rect
 
     def _map_tensors(self, index, ops, outputs, inner, owner) -> None:
@@ -386,9 +413,6 @@ class GraphView(QGraphicsView):
                     self._node_of[o] = n
 
     # --- scene items, created a band at a time -------------------------------------------------
-    def _node_pen(self) -> QPen:
-        return NODE_PEN if self._labels_shown else NO_PEN
-
     def _visible_rect(self) -> QRectF:
         return self.mapToScene(self.viewport().rect()).boundingRect()
 
@@ -402,17 +426,33 @@ class GraphView(QGraphicsView):
                 if self._labels_shown:
                     self._label(band)
 
-    def _materialize(self, band: int) -> None:
+    def _fill_idle(self) -> None:
+        """Create the remaining bands' boxes (no labels) a few milliseconds at a time while the user
+        is idle, nearest the view first, so zooming out or fitting later only paints."""
+        if not self._built or len(self.materialized_bands) == len(self._bands):
+            self._idle.stop()
+            return
+        centre = self.mapToScene(self.viewport().rect().center()).y()
+        todo = sorted((b for b in self._bands if b not in self.materialized_bands),
+                      key=lambda b: abs(self._band_rects[b].center().y() - centre))
+        deadline = time.perf_counter() + IDLE_SLICE
+        for band in todo:
+            self._materialize(band, label=False)
+            if time.perf_counter() > deadline:
+                return
+
+    def _materialize(self, band: int, label: bool = True) -> None:
         if band in self.materialized_bands or band not in self._bands:
             return
         self.materialized_bands.add(band)
         scene = self.scene()
-        edges, wraps, acts, params = QPainterPath(), QPainterPath(), QPainterPath(), QPainterPath()
+        edges, wraps, acts, params, outlines = (QPainterPath() for _ in range(5))
         for n in self._bands[band]:
             x, y = self._pos[n]
             item = QGraphicsRectItem(0, 0, NODE_W, NODE_H)
             item.setPos(x, y)
-            item.setPen(HIGHLIGHT_PEN if n in self._highlighted else self._node_pen())
+            item.setPen(HIGHLIGHT_PEN if n in self._highlighted else NO_PEN)
+            outlines.addRect(QRectF(x, y, NODE_W, NODE_H))
             item.setZValue(2 if n in self._highlighted else 1)
             item.setData(0, n)
             scene.addItem(item)
@@ -437,26 +477,44 @@ class GraphView(QGraphicsView):
         scene.addPath(wraps, WRAP_PEN).setZValue(0)
         scene.addPath(acts, QPen(Qt.NoPen), ACT_MARK).setZValue(3)
         scene.addPath(params, QPen(Qt.NoPen), PARAM_MARK).setZValue(3)
-        if self._labels_shown:
+        # Outlines of the whole band as one item: hidden with the labels when zoomed out (they would
+        # hide the colour of tiny boxes) by one call per band, not one per node.
+        outline = scene.addPath(outlines, NODE_PEN)
+        outline.setZValue(1.5)
+        outline.setVisible(self._labels_shown)
+        self._band_outlines[band] = outline
+        if label and self._labels_shown:
             self._label(band)
 
     def _label(self, band: int) -> None:
-        """Labels are created only for bands seen at a zoom where they can be read."""
+        """Labels are created only for bands seen at a zoom where they can be read; a band's labels
+        share one parent, so hiding them is one call."""
         if band in self.labelled_bands:
             return
         self.labelled_bands.add(band)
+        holder = QGraphicsRectItem(QRectF())
+        holder.setPen(NO_PEN)
+        holder.setZValue(2.5)
+        holder.setVisible(self._labels_shown)
+        self.scene().addItem(holder)
+        self._band_labels[band] = holder
         for n in self._bands[band]:
             name = self._metrics.elidedText(n, Qt.ElideMiddle, int(NODE_W - 10))
             if n in self._feeds:  # a graph input: its name once, and its shape
                 text = f"{name}\n{self._shapes.get(n, '')}"
             else:
                 text = f"{self._ops.get(n, INPUT_OP)}\n{name}"
-            label = QGraphicsSimpleTextItem(text, self._items[n])
+            label = QGraphicsSimpleTextItem(text, holder)
             label.setFont(self._font)
-            label.setPos(5, 4)
-            label.setVisible(self._labels_shown)
+            x, y = self._pos[n]
+            label.setPos(x + 5, y + 4)
             label.setCacheMode(QGraphicsItem.DeviceCoordinateCache)
-            self._labels.append(label)
+            self._labels[n] = label
+
+    def label_text(self, node: str) -> str | None:
+        """The text drawn in a node's box (None until its band has been seen close enough)."""
+        label = self._labels.get(node)
+        return label.text() if label is not None else None
 
     def _colour(self, n: str, item: QGraphicsRectItem) -> None:
         t = self._colour_of.get(n)
@@ -477,15 +535,13 @@ class GraphView(QGraphicsView):
         return "\n".join(lines)
 
     def _after_zoom(self) -> None:
+        if self._placing:
+            return
         show = self.transform().m11() >= LABEL_MIN_SCALE
         if show != self._labels_shown:  # labels, and outlines that would hide the colour of tiny boxes
             self._labels_shown = show
-            for label in self._labels:
-                label.setVisible(show)
-            pen = self._node_pen()
-            for n, item in self._items.items():
-                if n not in self._highlighted:
-                    item.setPen(pen)
+            for item in (*self._band_labels.values(), *self._band_outlines.values()):
+                item.setVisible(show)
         self._materialize_visible()
 
     # --- interaction --------------------------------------------------------------------------
@@ -497,6 +553,8 @@ class GraphView(QGraphicsView):
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
+        self.key.move(self.viewport().geometry().topLeft() + QPoint(6, 6))
+        self.key.raise_()
         self._after_zoom()
 
     def scrollContentsBy(self, dx: int, dy: int) -> None:
@@ -524,15 +582,18 @@ class GraphView(QGraphicsView):
 
     def mousePressEvent(self, event) -> None:
         if event.button() == Qt.LeftButton:
-            item = self.itemAt(event.position().toPoint())
-            while item is not None and item.parentItem() is not None:
-                item = item.parentItem()
-            name = item.data(0) if item is not None else None
-            if name in self._items:
+            # the node's box under its label and its band's outline (items without a name)
+            names = (item.data(0) for item in self.items(event.position().toPoint()))
+            name = next((n for n in names if n in self._items), None)
+            if name is not None:
                 self.select_node(name)
                 event.accept()
                 return
         super().mousePressEvent(event)
+
+
+def _swatch(colour: QColor, text: str) -> QLabel:
+    return QLabel(f"<span style='color:{colour.darker(130).name()}'>■</span> {text}")
 
 
 class GraphPanel(QWidget):
@@ -554,17 +615,20 @@ class GraphPanel(QWidget):
         self.find_edit.setCompleter(completer)
         self.find_edit.returnPressed.connect(lambda: self._find(self.find_edit.text()))
         self.red_below = self._threshold("graphRedBelow", RED_BELOW, "Red under this SQNR (dB)")
-        self.green_above = self._threshold("graphGreenAbove", GREEN_ABOVE, "Green above this SQNR (dB)")
-        self.legend = QLabel(objectName="graphLegend", wordWrap=True)  # wraps: never widens the window
-        self.legend.setTextFormat(Qt.RichText)
+        self.green_above = self._threshold("graphGreenAbove", GREEN_ABOVE, "Green from this SQNR (dB) up")
+        # The scale reads as one line: ■ red < [20 dB] ≤ ■ amber < [35 dB] ≤ ■ green
+        self.legend = ElidedLabel(objectName="graphLegend")  # grey nodes; a failed find
         fit = QPushButton("Fit (F)", objectName="graphFitButton")
         fit.clicked.connect(self.view.fit)
         bar = QHBoxLayout()
         bar.addWidget(self.find_edit)
-        bar.addWidget(QLabel(f"<span style='color:{RED.darker(130).name()}'>■</span> red under"))
+        bar.addSpacing(8)
+        bar.addWidget(_swatch(RED, "red &lt;"))
         bar.addWidget(self.red_below)
-        bar.addWidget(QLabel(f"<span style='color:{GREEN.darker(130).name()}'>■</span> green above"))
+        bar.addWidget(_swatch(AMBER, "≤ amber &lt;"))
         bar.addWidget(self.green_above)
+        bar.addWidget(_swatch(GREEN, "≤ green"))
+        bar.addSpacing(8)
         bar.addWidget(self.legend, 1)
         bar.addWidget(fit)
         layout = QVBoxLayout(self)
@@ -606,8 +670,5 @@ class GraphPanel(QWidget):
         self.update_legend()
 
     def update_legend(self) -> None:
-        marks = ("<span style='color:#ef6c00'>●</span> activation quantizer &nbsp; "
-                 "<span style='color:#6a1b9a'>■</span> weight/bias quantizer")
-        self.legend.setText(marks + " &nbsp;·&nbsp; node colour: SQNR of its output, "
-                            f"<span style='color:{AMBER.darker(130).name()}'>■</span> amber between; grey: not measured")
+        self.legend.setText("grey: not measured")
         self.legend.setToolTip(self.view.legend)

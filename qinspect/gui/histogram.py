@@ -35,7 +35,7 @@ SPIKE_RATIO = 20  # a bin this many times taller than all others (ReLU zeros) is
 CURVE = (90, 140, 230)
 TAIL_BRUSH = (230, 60, 60, 170)
 CLIP_SHADE = (230, 60, 60, 40)  # the clipped side, over the whole height: visible on a linear axis
-SPIKE_BRUSH = (20, 60, 160, 220)
+SPIKE_BRUSH = (140, 200, 255, 235)  # lighter than the curve: a spike stands out on the dark plot
 REGION_BRUSH = (255, 200, 0, 28)
 
 
@@ -154,9 +154,9 @@ class HistogramPanel(QWidget):
         self.region_item.setZValue(10)
         self.notice = pg.TextItem(anchor=(0.5, 0.5), color=(120, 120, 120))
         self.clip_shades = [pg.LinearRegionItem(movable=False, brush=CLIP_SHADE, pen=pg.mkPen(None)) for _ in range(2)]
-        self.clip_labels = [pg.TextItem(anchor=a, color=(170, 30, 30)) for a in ((1, 0), (0, 0))]
+        self.clip_labels = [pg.TextItem(anchor=a, color=(255, 130, 130)) for a in ((1, 0), (0, 0))]
         self.spike_bars = pg.BarGraphItem(x=[], height=[], width=1.0, brush=SPIKE_BRUSH, pen=None)
-        self.spike_labels = [pg.TextItem(anchor=(0.5, 1.0), color=(20, 50, 140)) for _ in range(3)]
+        self.spike_labels = [pg.TextItem(anchor=(0.5, 1.0), color=(170, 215, 255)) for _ in range(3)]
         for item in (*self.clip_shades, self.spike_bars, self.min_line, self.max_line, self.region_item,
                      self.notice, *self.clip_labels, *self.spike_labels):
             self.plot.addItem(item)
@@ -428,7 +428,15 @@ class HistogramPanel(QWidget):
                 label.hide()
                 continue
             label.setText(f"{_fmt(spike.value)}: {100 * spike.share:.1f}% of the values")
-            label.setPos(spike.value, h)
+            # Kept inside the plot: beside a spike at an edge of the view (a Relu's zero is at
+            # the left one) rather than centred on it, hanging under the "min"/"max" labels when
+            # the spike runs off the top.
+            where = (spike.value - x0) / (x1 - x0) if x1 > x0 else 0.5
+            ax = 0.0 if where < 0.25 else 1.0 if where > 0.75 else 0.5
+            gap = 1.5 * width * (1 if ax == 0.0 else -1 if ax == 1.0 else 0)
+            capped = h >= top * 0.96
+            label.setAnchor((ax, 0.0 if capped else 1.0))
+            label.setPos(spike.value + gap, top * 0.86 if capped else h)
             label.show()
 
     def _draw_clipping(self, encoding: Encoding | None, stats: TensorStats) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QDeadlineTimer, Qt, Signal
+from PySide6.QtCore import QDeadlineTimer, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -46,6 +46,9 @@ from .widgets import ElidedLabel
 from .workers import JobThread
 
 __all__ = ["MainWindow", "EXAMPLE_MODEL", "EXAMPLE_DATA"]
+
+DOCK_SHARE = 0.38  # of the window's height for the bottom panels (graph, sensitivity, search)
+DOCK_MIN = 260     # px
 
 
 class MainWindow(FileActionsMixin, QMainWindow):
@@ -208,7 +211,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.tabifyDockWidget(self.graph_dock, self.sensitivity_dock)
         self.tabifyDockWidget(self.sensitivity_dock, self.pareto_dock)
         self.graph_dock.raise_()
-        self.resizeDocks([self.graph_dock], [280], Qt.Vertical)
+        self._dock_height: int | None = None  # the bottom panels' height as `_size_docks` left it
+        self._docks_user_sized = False
         self.live_error.updated.connect(self._on_error_updated)
         self.graph.tensorsSelected.connect(self._select_tensors)
         self.sensitivity.tensorsActivated.connect(self._select_tensors)
@@ -517,6 +521,36 @@ class MainWindow(FileActionsMixin, QMainWindow):
         deadline = QDeadlineTimer(ms)
         done = all(job.wait(deadline) for job in list(self.jobs))
         return self.live_error.wait(max(0, deadline.remainingTime())) and done
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._size_docks()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        QTimer.singleShot(0, self._size_docks)  # docks are visible (measurable) from now on
+
+    def _size_docks(self) -> None:
+        """The bottom panels take a share of the window's height (more room for the graph on a big
+        screen) until the user drags their edge; from then on their height is the user's."""
+        dock = self._bottom_dock()
+        if dock is None or self._docks_user_sized:
+            return
+        if self._dock_height is not None and abs(dock.height() - self._dock_height) > 4:
+            self._docks_user_sized = True
+            return
+        self.resizeDocks([dock], [max(DOCK_MIN, int(self.height() * DOCK_SHARE))], Qt.Vertical)
+        QTimer.singleShot(0, self._note_dock_height)  # the layout applies it later
+
+    def _note_dock_height(self) -> None:
+        dock = self._bottom_dock()
+        self._dock_height = dock.height() if dock is not None else None
+
+    def _bottom_dock(self):
+        for dock in (self.graph_dock, self.sensitivity_dock, self.pareto_dock):
+            if dock.isVisible() and not dock.isFloating() and self.dockWidgetArea(dock) == Qt.BottomDockWidgetArea:
+                return dock
+        return None
 
     def closeEvent(self, event) -> None:
         if not self.maybe_save("quit"):

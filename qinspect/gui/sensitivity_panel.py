@@ -127,7 +127,10 @@ class SensitivityPanel(QWidget):
         self.plot = pg.PlotWidget()
         self.plot.setObjectName("sensitivityPlot")
         self.plot.setMenuEnabled(False)
-        self.plot.setLabel("bottom", "dB more sensitive than the least sensitive group (longer = more sensitive)")
+        # Short enough for a narrow panel; what a bar measures is in the tooltip.
+        self.plot.setLabel("bottom", "longer = more sensitive (dB)")
+        self.plot.setToolTip("Each bar: the group's score minus the least sensitive group's, in dB.\n"
+                             "Score: output SQNR with only this group float minus with only it quantized.")
         self.plot.showGrid(x=True, alpha=0.3)
         self.plot.invertY(True)  # rank 1 (most sensitive) on top
         # Horizontal bars: one per group, its name on the left axis.

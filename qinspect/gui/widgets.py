@@ -16,7 +16,7 @@ class ElidedLabel(QLabel):
         super().__init__(text, parent)
         if objectName:
             self.setObjectName(objectName)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)  # its text when there is room
         self.setMinimumWidth(40)
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)

@@ -203,10 +203,13 @@ def test_relu_zero_spike_is_drawn_and_labelled(panel, project):
     assert label.isVisible() and label.toPlainText().startswith("0: ")
     assert f"{100 * zeros:.1f}%" in label.toPlainText()
     assert list(panel.spike_bars.opts["x"]) == [0.0] and panel.spike_bars.opts["height"][0] > 0
+    box = panel.plot.getViewBox().sceneBoundingRect()
+    assert box.contains(label.sceneBoundingRect())  # beside the spike at the left edge, not cut off
     check.setChecked(False)  # the user's choice wins from now on
     top = panel.plot.getViewBox().viewRange()[1][1]
     assert top < panel.display_data()[1].max() / 2  # the rest of the histogram stays visible
     assert "runs off the top" in child(panel, QLabel, "histogramInfo").text()
+    assert box.contains(label.sceneBoundingRect())
     panel.show_tensor("conv2_out")
     assert not check.isChecked()  # still the user's choice
 

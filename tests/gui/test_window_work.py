@@ -5,6 +5,7 @@ import numpy as np
 
 import onnx
 import pytest
+from PySide6.QtCore import Qt
 
 from qinspect.core.commands import EditTensors
 from qinspect.core.io.session import load_session
@@ -227,3 +228,23 @@ def test_the_window_fits_a_1366x768_laptop(qtbot, window):
     window.resize(1024, 700)
     qtbot.wait(50)
     assert window.width() == 1024
+
+
+def test_the_bottom_panels_grow_with_the_screen_until_the_user_sizes_them(qtbot, window):
+    window.resize(1366, 768)
+    window.show()
+    qtbot.waitExposed(window)
+    qtbot.waitUntil(lambda: window._dock_height is not None, timeout=5000)
+    small = window.graph_dock.height()
+    window.resize(1920, 1080)
+    qtbot.waitUntil(lambda: window.graph_dock.height() > small + 80, timeout=5000)  # the graph gets the room
+    assert window.graph_dock.height() >= 0.3 * window.height()
+    # the user drags the edge: that height stays through later resizes
+    window.resizeDocks([window.graph_dock], [300], Qt.Vertical)
+    qtbot.waitUntil(lambda: window.graph_dock.height() < 300, timeout=5000)
+    dragged = window.graph_dock.height()
+    window.resize(1700, 1000)
+    qtbot.wait(50)
+    window.resize(1366, 768)
+    qtbot.wait(50)
+    assert window.graph_dock.height() == dragged
