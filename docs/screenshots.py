@@ -84,7 +84,6 @@ def walk(size: str, model: str | None) -> int:
 
     from qinspect.gui import create_main_window, messages
     from qinspect.gui.calibration_dialog import CalibrationDialog
-    from qinspect.gui.main_window import EXAMPLE_DATA
 
     def settle(ms: int = 500) -> None:
         loop = QEventLoop()
