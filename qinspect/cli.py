@@ -115,7 +115,15 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("--bias-encodings", action="store_true",
                    help="write bias encodings even where the target derives them itself (qnn-htp leaves them out)")
     p.add_argument("--model-out", metavar="OUT.onnx",
-                   help="also write the float model the encodings name (BatchNormalization folded as the target does)")
+                   help="also write the float model the encodings name (BatchNormalization folded as the target "
+                        "does, PTQ steps applied)")
+    p.add_argument("--ptq", metavar="STEPS",
+                   help="PTQ steps, any of cle,seq-mse,adaround,bias-correction (comma separated); they run in "
+                        "that order, which is printed")
+    p.add_argument("--adaround-iterations", type=int, metavar="N",
+                   help="AdaRound's optimisation iterations per layer (default 1000)")
+    p.add_argument("--ptq-samples", type=int, metavar="N",
+                   help="samples the data-driven PTQ steps learn from (default 128, or all the data has)")
     _target_option(p)
     _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -351,6 +359,10 @@ def run_calibrate(args) -> int:
     providers = args.provider or None
     progress = NullProgress() if args.quiet else TerminalProgress()
     sample = None if args.exact_histograms else DEFAULT_HISTOGRAM_SAMPLE
+    steps = _ptq_steps(args)
+    records = []
+    if "cle" in steps:  # data-free, and it changes the activations: before calibrating, so once is enough
+        index, _ = _ptq_step(args, "cle", index, plan, {}, data, records, providers)
     result = calibrate(index, data, batch_size=args.batch_size, progress=progress, providers=providers,
                        histogram_sample=sample)
     for name, why in result.skipped.items():
@@ -364,6 +376,9 @@ def run_calibrate(args) -> int:
                 "values were left out of its range",
                 file=sys.stderr,
             )
+    for step in steps:
+        if step != "cle":
+            index, _ = _ptq_step(args, step, index, plan, result.stats, data, records, providers)
     encodings = derive_encodings(index, result.stats, plan)
     for line in _rule_summary(rule_effects(index, plan)):
         print(f"qinspect: note: {line}", file=sys.stderr)
@@ -386,14 +401,66 @@ def run_calibrate(args) -> int:
 
         options = {k: v for k, v in (("image_size", args.image_size), ("mean", args.mean), ("std", args.std),
                                      ("layout", args.layout), ("channels", args.channels)) if v is not None}
-        save_session(args.session, Session(args.model, args.data, result.stats, plan, options, result.samples),
-                     protect=protect)
+        session = Session(args.model, args.data, result.stats, plan, options, result.samples)
+        if records:
+            session.steps = [r.to_dict() for r in records]
+            session.model, session.ptq_values, session.bn_params = index.model, index.ptq_values, index.bn_params
+        save_session(args.session, session, protect=protect)
     if not args.quiet:
         left = len(encodings) - len(written)
         print(f"wrote {out}: {len(written)} encodings for target {args.target} from {result.samples} samples in "
               f"{result.seconds:.1f}s" + (f" ({left} bias encodings left out: the target derives them; "
                                            f"--bias-encodings writes them)" if left else ""), file=sys.stderr)
     return 0
+
+
+def _ptq_steps(args) -> list[str]:
+    from .core.steps import ORDER, parse_steps
+
+    if not args.ptq:
+        if args.adaround_iterations is not None or args.ptq_samples is not None:
+            raise _Usage("--adaround-iterations and --ptq-samples go with --ptq")
+        return []
+    try:
+        steps = parse_steps(args.ptq)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+    if args.adaround_iterations is not None and args.adaround_iterations < 1:
+        raise _Usage("--adaround-iterations must be at least 1")
+    if args.ptq_samples is not None and args.ptq_samples < 1:
+        raise _Usage("--ptq-samples must be at least 1")
+    if not args.quiet:
+        print(f"qinspect: PTQ steps, in this order: {' -> '.join(steps)} (always {', '.join(ORDER)})", file=sys.stderr)
+    return steps
+
+
+def _ptq_step(args, step, index, plan, stats, data, records, providers):
+    """Run one step on the command line's state; frozen encodings go into `plan`. Returns (index, outcome)."""
+    from dataclasses import replace
+
+    from .core.errors import QInspectError
+    from .core.progress import NullProgress
+    from .core.steps import run_step
+
+    options = {}
+    if step in ("seq-mse", "adaround", "bias-correction") and args.ptq_samples is not None:
+        options["samples"] = args.ptq_samples
+    if step == "adaround" and args.adaround_iterations is not None:
+        options["iterations"] = args.adaround_iterations
+    progress = NullProgress() if args.quiet else TerminalProgress(label=step)
+    try:
+        outcome = run_step(step, index, plan, stats, data, options=options, done=[r.step for r in records],
+                           providers=providers, progress=progress)
+    except QInspectError as exc:
+        raise _Usage(str(exc)) from None
+    for name, enc in outcome.frozen.items():
+        plan.restore(name, replace(plan.edit(name), encoding=enc))
+    records.append(outcome.record)
+    if not args.quiet:
+        print(f"qinspect: {outcome.record.title} in {outcome.record.seconds:.1f}s", file=sys.stderr)
+        for line in outcome.record.notes:
+            print(f"qinspect:   {line}", file=sys.stderr)
+    return outcome.index, outcome
 
 
 def _rule_summary(effects: dict) -> list[str]:

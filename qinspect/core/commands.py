@@ -99,6 +99,21 @@ class SetTarget(Command):
         project.set_target(self.previous)
 
 
+class ApplyStep(Command):
+    """Put a PTQ step's result (`steps.run_step`, computed in a worker) in place."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.previous = None
+        self.label = outcome.record.title
+
+    def do(self, project) -> None:
+        self.previous = project.apply_step(self.outcome)
+
+    def undo(self, project) -> None:
+        project.restore_state(self.previous)
+
+
 class CommandStack:
     """Undo/redo history. `push` runs the command; a failing command is not recorded."""
 

@@ -2,9 +2,10 @@
 derived encodings.
 
 Views subscribe to change events and never own the truth. Events:
-``"model"`` (a model was opened; everything changed), ``"stats"`` (a calibration finished),
-``"plan"`` (edits, or another target; `names` lists the tensors whose encodings may have changed,
-None = all).
+``"model"`` (a model was opened; everything changed), ``"index"`` (the same document's model was
+rewritten: a PTQ step, or a target that places quantizers differently; views rebuild as for
+"model", the document and its history stay), ``"stats"`` (a calibration finished), ``"plan"``
+(edits, or another target; `names` lists the tensors whose encodings may have changed, None = all).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .graph.model import ModelIndex
 from .io.session import Session, load_session, save_session
 from .plan import PrecisionPlan, TensorEdit, check_edit, derive_encodings, refusals, rule_effects
 from .ptq.prepare import prepare_model
+from .steps import StepOutcome, StepRecord
 from .quant.encoding import Encoding
 from .quant.stats import TensorStats
 from .targets.profiles import get_target
@@ -38,6 +40,9 @@ class Project:
         self._encodings: dict[str, Encoding] | None = None
         self._effects: dict[str, RuleEffect] | None = None
         self._listeners: list[Listener] = []
+        self.steps: list[StepRecord] = []  # PTQ steps applied, in order
+        # (index, statistics, step title) before the last step, for before/after views
+        self.before: tuple | None = None
 
     # --- events -----------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -70,6 +75,7 @@ class Project:
         self.plan = PrecisionPlan(self.plan.defaults, self.plan.target)
         self.stats = {}
         self.samples = 0
+        self.steps, self.before = [], None
         self._encodings = self._effects = None
         self._emit("model")
 
@@ -88,14 +94,18 @@ class Project:
                 raise ValueError(f"{new.name} cannot run the current plan: " + "; ".join(problems[:4]))
         reindex = self.index is not None and (new.placement, new.fold_batchnorm) != (old.placement, old.fold_batchnorm)
         if reindex:
-            index = prepare_model(self.index.path or self.index.model, new.name)
+            if self.steps:  # the rewritten model, not the file: the steps' work stays
+                index = prepare_model(self.index.model, new.name)
+                index.path, index.notes, index.bn_params = self.index.path, self.index.notes, self.index.bn_params
+                index.ptq_values = dict(self.index.ptq_values)
+            else:
+                index = prepare_model(self.index.path or self.index.model, new.name)
             self.index = index
             self.stats = {n: s for n, s in self.stats.items() if n in index.targets}
         self.plan.target = new.name
         self._encodings = self._effects = None
         if reindex:
-            self._emit("model")
-            self._emit("stats")
+            self._emit("index")
         else:
             self._emit("plan", None)
         return old.name
@@ -122,6 +132,32 @@ class Project:
             self.data_options = dict(data_options or {})
         self._encodings = self._effects = None
         self._emit("stats")
+
+    # --- PTQ steps (called by commands) -----------------------------------------------------------
+    def apply_step(self, outcome: StepOutcome) -> tuple:
+        """Put a step's result in place (`steps.run_step` computed it); returns the state to give
+        `restore_state` for undo."""
+        previous = self._state()
+        self.before = (self.index, self.stats, outcome.record.title)
+        self.index = outcome.index
+        if outcome.stats is not None:
+            self.stats, self.samples = dict(outcome.stats), outcome.samples
+        for name, enc in outcome.frozen.items():
+            self.plan.restore(name, replace(self.plan.edit(name), encoding=enc))
+        self.steps = self.steps + [outcome.record]
+        self._encodings = self._effects = None
+        self._emit("index")
+        return previous
+
+    def restore_state(self, state: tuple) -> None:
+        self.index, self.stats, self.samples, edits, self.steps, self.before = state
+        self.plan.edits = {n: replace(e) for n, e in edits.items()}
+        self._encodings = self._effects = None
+        self._emit("index")
+
+    def _state(self) -> tuple:
+        edits = {n: replace(e) for n, e in self.plan.edits.items()}
+        return self.index, dict(self.stats), self.samples, edits, list(self.steps), self.before
 
     # --- encodings --------------------------------------------------------------------------
     @property
@@ -209,12 +245,22 @@ class Project:
         if self.index is None or self.index.path is None:
             raise ValueError("open a model from a file before saving a session")
         session = Session(self.index.path, self.data_spec, self.stats, self.plan, self.data_options, self.samples)
+        if self.steps:
+            session.steps = [r.to_dict() for r in self.steps]
+            session.model, session.ptq_values = self.index.model, self.index.ptq_values
+            session.bn_params = self.index.bn_params
         return save_session(path, session, protect=[self.index.path])
 
     @classmethod
     def from_session(cls, path) -> Project:
         session = load_session(path)
-        project = cls(prepare_model(session.model_path, session.plan.target), session.plan)
+        if session.steps:  # the model the steps rewrote, as the user's file
+            index = prepare_model(session.model, session.plan.target)
+            index.path, index.bn_params, index.ptq_values = session.model_path, session.bn_params, session.ptq_values
+        else:
+            index = prepare_model(session.model_path, session.plan.target)
+        project = cls(index, session.plan)
+        project.steps = [StepRecord.from_dict(d) for d in session.steps]
         project.stats = session.stats
         project.samples = session.samples
         project.data_spec = session.data

@@ -84,6 +84,7 @@ class LiveError(QObject):
         self.samples = samples
         self.label = ElidedLabel(objectName="outputSqnrLabel")
         self.comparison = None          # the last Comparison shown
+        self.baseline: tuple[str, float] | None = None  # (PTQ step, output SQNR before it), shown beside
         self._comparer = None           # kept alive between edits
         self._key = None                # what the comparer was built for
         self._pending: set[str] | None = set()  # names changed since the last run; None: everything
@@ -168,7 +169,7 @@ class LiveError(QObject):
     def _on_project(self, event: str, names) -> None:
         if not shiboken6.isValid(self) or self._stopped:
             return
-        if event == "model":
+        if event in ("model", "index"):
             self.cancel()
             self.comparison = None
             self._pending = None
@@ -247,7 +248,11 @@ class LiveError(QObject):
         if self._stopped or key != self._current_key():
             return  # the model or the data changed meanwhile: these numbers are stale
         self.comparison = comparison
-        self._set_status(*describe(comparison))
+        text, tip = describe(comparison)
+        if self.baseline is not None and comparison.outputs:
+            step, db = self.baseline
+            text += f" (was {_db(db)} before {step})"
+        self._set_status(text, tip)
         self.updated.emit(comparison)
 
     def _not_done(self, key, changed, built, error=None) -> None:

@@ -265,7 +265,7 @@ class GraphView(QGraphicsView):
     def _on_project(self, event: str, names) -> None:
         if not shiboken6.isValid(self):
             return
-        if event == "model":
+        if event in ("model", "index"):
             self._clear()
             self._sqnr = {}
             if self.isVisible():
@@ -655,7 +655,7 @@ class GraphPanel(QWidget):
             self.legend.setText(f"no node named like '{text.strip()}'")
 
     def _on_project(self, event: str, names) -> None:
-        if event == "model" and shiboken6.isValid(self):
+        if event in ("model", "index") and shiboken6.isValid(self):
             self._names.setStringList([])
             self.find_edit.clear()
             self.update_legend()

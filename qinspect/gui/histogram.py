@@ -25,6 +25,7 @@ from ..core.quant.encoding import Encoding, clip_bounds, compute_encoding
 from ..core.quant.estimate import ErrorEstimate, channel_encoding, histogram_error, values_error
 from ..core.quant.stats import DEFAULT_BINS, TensorStats
 from .events import listen
+from .before_after import before_channel_ranges, before_histogram
 from .histogram_display import display_bins, spikes, wants_log
 from .messages import notify
 from .widgets import ElidedLabel
@@ -37,6 +38,8 @@ TAIL_BRUSH = (230, 60, 60, 170)
 CLIP_SHADE = (230, 60, 60, 40)  # the clipped side, over the whole height: visible on a linear axis
 SPIKE_BRUSH = (140, 200, 255, 235)  # lighter than the curve: a spike stands out on the dark plot
 REGION_BRUSH = (255, 200, 0, 28)
+BEFORE = (235, 235, 235, 200)  # dashed outlines of a tensor before the last PTQ step
+CHANNEL_TITLE = "per channel: encoding range (lines), observed min/max (triangles)"
 
 
 def _fmt(x: float) -> str:
@@ -143,6 +146,7 @@ class HistogramPanel(QWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "value")
         self.curve = self.plot.plot(stepMode="center", fillLevel=0, pen=CURVE, brush=CURVE + (130,))
+        self.before_curve = self.plot.plot(stepMode="center", pen=pg.mkPen(*BEFORE, width=1, style=Qt.DashLine))
         self.tails = [self.plot.plot(stepMode="center", fillLevel=0, pen=None, brush=TAIL_BRUSH) for _ in range(2)]
         self.grid = self.plot.plot(connect="pairs", pen=pg.mkPen(60, 60, 60, 120, width=1))
         dashed = pg.mkPen(30, 130, 30, width=1, style=Qt.DashLine)
@@ -170,11 +174,14 @@ class HistogramPanel(QWidget):
         self.channel_plot.setObjectName("channelPlot")
         self.channel_plot.setMenuEnabled(False)
         self.channel_plot.setLabel("bottom", "channel")
-        self.channel_plot.setTitle("per channel: encoding range (lines), observed min/max (triangles)", size="8pt")
+        self.channel_plot.setTitle(CHANNEL_TITLE, size="8pt")
         self.enc_min = self.channel_plot.plot(stepMode="center", pen=(230, 150, 0))
         self.enc_max = self.channel_plot.plot(stepMode="center", pen=(230, 150, 0))
         self.obs_min = self.channel_plot.plot(pen=None, symbol="t1", symbolSize=7, symbolBrush=CURVE)
         self.obs_max = self.channel_plot.plot(pen=None, symbol="t", symbolSize=7, symbolBrush=CURVE)
+        before_pen = pg.mkPen(*BEFORE, width=1, style=Qt.DashLine)
+        self.before_min = self.channel_plot.plot(pen=before_pen)  # observed ranges before the last PTQ step
+        self.before_max = self.channel_plot.plot(pen=before_pen)
         self.channel_marker = pg.InfiniteLine(angle=90, pen=pg.mkPen(120, 120, 120, style=Qt.DotLine))
         self.channel_plot.addItem(self.channel_marker)
         self.channel_plot.setMaximumHeight(180)
@@ -311,6 +318,13 @@ class HistogramPanel(QWidget):
         log = self.log_check.isChecked()
         y = np.log10(1.0 + counts) if log else counts
         self.curve.setData(edges, y)
+        before = before_histogram(project, name, len(counts), (axis, channel) if channel >= 0 else None)
+        if before is None:
+            self.before_curve.setData([], [])
+        else:
+            b_edges, b_counts, step = before
+            self.before_curve.setData(b_edges, np.log10(1.0 + b_counts) if log else b_counts)
+            info += f" · dashed: before {step}"
         self.plot.setLabel("left", "log10(1 + count)" if log else "count")
         self.min_line.setValue(stats.min)
         self.max_line.setValue(stats.max)
@@ -330,7 +344,7 @@ class HistogramPanel(QWidget):
             centre = 0.5 * (edges[off_top] + edges[off_top + 1])
             info += f" · the bin at {_fmt(centre)} ({int(counts[off_top]):,} values) runs off the top"
         if reset_view:
-            self._reset_view(stats, shown, top)
+            self._reset_view(stats, shown, top, before)
         self._set_region(shown, stats)
         self._draw_overlays(self._encoding)
         self._draw_spikes(piles, stats, log)
@@ -357,7 +371,7 @@ class HistogramPanel(QWidget):
         self._editable = False
         if self._shown is None:
             self._set_channel_view(None, None)
-        for item in (self.curve, *self.tails, self.grid):
+        for item in (self.curve, self.before_curve, *self.tails, self.grid):
             item.setData([], [])
         for item in (self.min_line, self.max_line, self.region_item, *self.clip_shades, *self.clip_labels,
                      *self.spike_labels):
@@ -372,8 +386,10 @@ class HistogramPanel(QWidget):
         self.preview.setText("")
         self._apply_view()
 
-    def _reset_view(self, stats: TensorStats, encoding: Encoding | None, top: float) -> None:
+    def _reset_view(self, stats: TensorStats, encoding: Encoding | None, top: float, before=None) -> None:
         lo, hi = _view_span(stats.min, stats.max, encoding)
+        if before is not None:  # show what the last PTQ step changed too
+            lo, hi = min(lo, float(before[0][0])), max(hi, float(before[0][-1]))
         pad = 0.05 * (hi - lo) if hi > lo else max(abs(lo), 1.0) * 0.05
         self.plot.setXRange(lo - pad, hi + pad, padding=0)
         self.plot.setYRange(0, top * 1.05 or 1.0, padding=0)
@@ -497,6 +513,16 @@ class HistogramPanel(QWidget):
         self.enc_min.setData(steps, encoding.min)
         self.enc_max.setData(steps, encoding.max)
         y0, y1 = _view_span(float(lows.min()), float(highs.max()), encoding)
+        before = before_channel_ranges(self.project, self._name, axis)
+        if before is None or len(before[0]) != n:
+            self.before_min.setData([], [])
+            self.before_max.setData([], [])
+            self.channel_plot.setTitle(CHANNEL_TITLE, size="8pt")
+        else:
+            self.before_min.setData(x, before[0])
+            self.before_max.setData(x, before[1])
+            y0, y1 = min(y0, float(before[0].min())), max(y1, float(before[1].max()))
+            self.channel_plot.setTitle(CHANNEL_TITLE + f"; dashed: before {before[2]}", size="8pt")
         self.channel_plot.setXRange(-0.5, n - 0.5, padding=0.02)
         self.channel_plot.setYRange(y0, y1, padding=0.05)
         channel = self.channel_spin.value()
@@ -558,13 +584,15 @@ class HistogramPanel(QWidget):
         """Error of a per-channel encoding on the values themselves (cached: not cheap)."""
         key = (self._name, channel, encoding)
         if key not in self._exact_errors:
-            values = self.project.index.initializer(self._name)
+            index = self.project.index
+            values, given = index.initializer(self._name), index.quantized_value(self._name)
             if channel >= 0:
                 values = np.take(values, channel, axis=encoding.axis)
+                given = np.take(given, channel, axis=encoding.axis)
                 encoding = channel_encoding(encoding, channel)
             elif values.size > EXACT_ERROR_LIMIT:
                 return None
-            self._exact_errors[key] = values_error(values, encoding)
+            self._exact_errors[key] = values_error(values, encoding, given)
         return self._exact_errors[key]
 
     # --- dragging --------------------------------------------------------------------------
@@ -621,12 +649,12 @@ class HistogramPanel(QWidget):
     def _on_project_event(self, event: str, names) -> None:
         if not shiboken6.isValid(self):
             return
-        if event in ("model", "stats"):
+        if event in ("model", "index", "stats"):
             self._weight_stats.clear()
             self._channel_stats.clear()
             self._exact_errors.clear()
             self._channel_ranges.clear()
-            if event == "model":
+            if event in ("model", "index"):
                 index = self.project.index
                 keep = index is not None and self._name is not None and self._name in index.tensors
                 self.show_tensor(self._name if keep else None)

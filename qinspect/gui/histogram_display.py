@@ -39,11 +39,17 @@ def display_bins(stats, width_px: int) -> tuple[np.ndarray, np.ndarray]:
     by_count = int(round(2.0 * float(stats.counts.sum()) ** (1.0 / 3.0)))
     n = max(MIN_DISPLAY_BINS, min(by_count, MAX_DISPLAY_BINS, max(MIN_DISPLAY_BINS, int(width_px) // 2)))
     edges = np.linspace(lo, hi, n + 1)
+    return edges, rebin(stats, edges)
+
+
+def rebin(stats, edges: np.ndarray) -> np.ndarray:
+    """The statistics' counts on other `edges` (mass spread evenly within a fine bin; what lies
+    outside goes to the end bins)."""
     fine, cum = stats.edges, np.concatenate([[0.0], np.cumsum(stats.counts, dtype=np.float64)])
     counts = np.diff(np.interp(edges, fine, cum))
     counts[-1] += cum[-1] - np.interp(edges[-1], fine, cum)  # mass of the last fine bin past max
     counts[0] += np.interp(edges[0], fine, cum)              # ... and before min
-    return edges, np.maximum(counts, 0.0)
+    return np.maximum(counts, 0.0)
 
 
 def spikes(stats, limit: int = 3) -> list[Spike]:

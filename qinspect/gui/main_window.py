@@ -35,6 +35,7 @@ from ..core.project import Project
 from . import messages, settings
 from .error_panel import LiveError
 from .file_actions import EXAMPLE_DATA, EXAMPLE_MODEL, FileActionsMixin
+from .ptq_actions import PtqActionsMixin
 from .graph_view import GraphPanel
 from .histogram import HistogramPanel
 from .pareto_panel import ParetoPanel
@@ -51,8 +52,9 @@ DOCK_SHARE = 0.38  # of the window's height for the bottom panels (graph, sensit
 DOCK_MIN = 260     # px
 
 
-class MainWindow(FileActionsMixin, QMainWindow):
+class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
     calibrationFinished = Signal(bool)  # True: new statistics applied; False: cancelled or failed
+    ptqFinished = Signal(bool)  # True: a PTQ step's result was applied; False: refused, cancelled or failed
     exportFinished = Signal(bool, str)  # ok, path or error message
     errorUpdated = Signal()  # the live error shows new numbers (table SQNR column, status bar, graph)
 
@@ -150,6 +152,10 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.actionImportEncodings = self._action("actionImportEncodings", "&Import encodings…", self._ask_import, "Ctrl+I", file)
         self.actionExportEncodings = self._action("actionExportEncodings", "&Export encodings…", self._ask_export_encodings, "Ctrl+E", file)
         self.actionExportQdq = self._action("actionExportQdq", "Export &QDQ model…", self._ask_export_qdq, "Ctrl+Shift+E", file)
+        self.actionExportFloatModel = self._action("actionExportFloatModel", "Export &float model…",
+                                                   self._ask_export_float_model, None, file)
+        self.actionExportFloatModel.setToolTip("The float model as the target runs it, with the PTQ steps applied: "
+                                               "the model the exported encodings name")
         file.addSeparator()
         self.actionOpenSession = self._action("actionOpenSession", "Open &session…", self._ask_open_session, "Ctrl+Shift+O", file)
         self.actionSaveSession = self._action("actionSaveSession", "&Save session…", self._ask_save_session, QKeySequence.Save, file)
@@ -179,6 +185,8 @@ class MainWindow(FileActionsMixin, QMainWindow):
         self.actionVerify.setToolTip("Export the QDQ model for the target and run it in onnxruntime with default "
                                      "session options on the calibration data: its output SQNR next to the "
                                      "simulated one")
+        analysis.addSeparator()
+        self._build_ptq_menu(analysis)
         view = bar.addMenu("&View")
         self._dock_actions = {}
         for dock, name, key in ((self.graph_dock, "actionShowGraph", "Ctrl+1"),
@@ -346,6 +354,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
             return False
         self.project.open_model(loaded.index)
         self.project.plan = loaded.plan
+        self.project.steps = loaded.steps
         self.project.set_stats(loaded.stats, loaded.samples, loaded.data_spec, loaded.data_options)
         self.stack.clear()
         self._mark_saved(path)
@@ -564,6 +573,7 @@ class MainWindow(FileActionsMixin, QMainWindow):
     # --- project and selection ---------------------------------------------------------------------
     def _on_project(self, event: str, names) -> None:
         if event == "model":
+            self.live_error.baseline = None
             self._session_path, self._unsaved_stats = None, False
             self.flagged = []
             self.actionKeepFlaggedFloat.setEnabled(False)
@@ -601,4 +611,6 @@ class MainWindow(FileActionsMixin, QMainWindow):
                 parts.append(f"params {quantized / 1024:.1f} KiB vs {floats / 1024:.1f} KiB float ({quantized / floats:.0%})")
         else:
             parts.append("not calibrated (Ctrl+R)")
+        if self.project.steps:
+            parts.append("PTQ: " + " → ".join(r.title for r in self.project.steps))
         self.summary.setText(" · ".join(parts))

@@ -262,7 +262,7 @@ class ParetoPanel(QWidget):
     def _on_project(self, event: str, names) -> None:
         if not shiboken6.isValid(self):
             return
-        if event == "model":
+        if event in ("model", "index"):
             self.set_points([], self.project.index)
             self.info.setText("")
         self._update_buttons()

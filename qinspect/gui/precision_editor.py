@@ -401,7 +401,7 @@ class PrecisionEditor(QWidget):
             self.refresh()
 
     def _on_event(self, event: str, names) -> None:
-        if event in ("model", "stats"):
+        if event in ("model", "index", "stats"):
             self.set_selection(self._names)  # drops names a new model does not have
         elif event == "plan" and (names is None or set(names) & set(self._names) or len(self._names) == 1):
             # A single tensor's summary can change through others (a bias follows its weight).

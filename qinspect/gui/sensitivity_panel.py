@@ -295,7 +295,7 @@ class SensitivityPanel(QWidget):
     def _on_project(self, event: str, names) -> None:
         if not shiboken6.isValid(self):
             return
-        if event == "model":
+        if event in ("model", "index"):
             self.set_entries([], self.project.index)
             self.status.setText("")
         self._update_buttons()

@@ -55,7 +55,7 @@ class TargetBar(QToolBar):
         self.refresh()
 
     def _on_event(self, event: str, names) -> None:
-        if event in ("model", "plan"):
+        if event in ("model", "index", "plan"):
             self.refresh()
 
 

@@ -383,8 +383,8 @@ class TensorTableModel(QAbstractTableModel):
         self.endResetModel()
 
     def _on_event(self, event: str, names) -> None:
-        if event in ("model", "stats"):
-            if event == "model":
+        if event in ("model", "index", "stats"):
+            if event in ("model", "index"):
                 self._sqnr = {}  # SQNR of another model
             self._reset()
             return

@@ -231,7 +231,7 @@ def _constant_errors(index, encodings, names) -> dict[str, TensorError]:
         t = index.targets[name]
         value = index.initializer(name)
         acc = _Acc()
-        acc.add(value, fake_quantize(value, encodings.get(name)))
+        acc.add(value, fake_quantize(index.quantized_value(name), encodings.get(name)))
         out[name] = acc.result(name, t.kind, encoding_label(encodings.get(name)), local=False)
         out[name].local_sqnr_db = out[name].sqnr_db
     return out
@@ -308,8 +308,9 @@ def _comparison(run: _Run, tensors, constants, new_constants, samples, started) 
     values = {n: a.values() for n, a in run.acts.items()}
     for n in new_constants:
         v = run.index.initializer(n)
+        q = fake_quantize(run.index.quantized_value(n), run.encodings.get(n))
         step = max(1, v.size // KEEP_VALUES)
-        values[n] = (v.astype(np.float32).ravel()[::step], fake_quantize(v, run.encodings.get(n)).ravel()[::step])
+        values[n] = (v.astype(np.float32).ravel()[::step], q.ravel()[::step])
     acc_f = acc_q = None
     if run.labelled:
         acc_f, acc_q = run.correct[0] / run.labelled, run.correct[1] / run.labelled

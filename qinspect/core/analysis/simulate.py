@@ -125,6 +125,7 @@ class Simulator:
         self._main_consts = {t.name for t in main.initializer} | {
             n.output[0] for n in main.node if n.op_type == "Constant" and n.output}
         self._structure = None
+        self._overrides: dict[str, np.ndarray] = {}
         self.set_encodings(encodings)
 
     def close(self) -> None:
@@ -261,8 +262,15 @@ class Simulator:
                 feeds[name] = self._constant(name, enc)
         return feeds
 
+    def set_constant(self, name: str, value: np.ndarray) -> None:
+        """Use `value` for a main-graph weight or bias from now on (quantized with its encoding, as
+        the index's value would be): PTQ steps try new weights and biases without a new session."""
+        self._overrides[name] = np.asarray(value)
+        if name in self._inputs and name in self._feeds:
+            self._feeds[name] = self._constant(name, self.encodings.get(name))
+
     def _constant(self, name: str, enc: Encoding | None) -> np.ndarray:
-        value = self.index.initializer(name)
+        value = self._overrides[name] if name in self._overrides else self.index.quantized_value(name)
         # asarray: a 0-d constant (a scale, an epsilon) would come back as a numpy scalar, which
         # onnxruntime refuses as a feed.
         return np.asarray(fake_quantize(value, enc), dtype=value.dtype)

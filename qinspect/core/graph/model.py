@@ -47,6 +47,7 @@ Placement rules are in `placement.py`, the reading of an already quantized model
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -282,6 +283,10 @@ class ModelIndex(PlacementMixin, PrequantizedMixin):
         self.quantized_model = False
         self.custom_ops: dict[str, str] = {}  # node -> "domain.op" of ops in other domains, kept float
         self.notes: list[str] = []            # what the user should know about this model, one line each
+        self.bn_params: dict = {}             # folded layer -> (|gamma|, beta) of its output (ptq.prepare)
+        # Values PTQ steps give a constant's quantizer in place of its float value (AdaRound's
+        # rounding, bias correction's biases); the float model itself stays the reference.
+        self.ptq_values: dict[str, np.ndarray] = {}
         self._folded: dict[str, tuple] = {}   # float constants computed from integer ones (DQ, Cast -> Mul)
         self._skip: set[str] = set()          # float tensors that never get a quantizer
         self._qparams: set[str] = set()       # constants that are quantization parameters
@@ -339,6 +344,17 @@ class ModelIndex(PlacementMixin, PrequantizedMixin):
             value.flags.writeable = False  # the cache is shared; callers copy to change it
             self._values[name] = value
         return self._values[name]
+
+    def quantized_value(self, name: str) -> np.ndarray:
+        """What the quantizer of a constant is given: a PTQ step's value, else the float value."""
+        value = self.ptq_values.get(name)
+        return value if value is not None else self.initializer(name)
+
+    def with_ptq_values(self, values: dict[str, np.ndarray]) -> ModelIndex:
+        """This index with `values` added to `ptq_values` (a new object; this one is unchanged)."""
+        clone = copy.copy(self)
+        clone.ptq_values = {**self.ptq_values, **values}
+        return clone
 
     def encoding_source(self, name: str) -> str:
         """The tensor whose encoding `name` uses: the end of its alias chain (itself if not aliased).

@@ -183,7 +183,7 @@ def _build(index, encodings: dict[str, Encoding], target: str | None = None) -> 
             if enc.is_float:
                 (report.float16 if enc.bw == 16 else report.kept_float).append(name)
             continue
-        values = index.initializer(name)
+        values = index.quantized_value(name)  # a PTQ step's value (AdaRound's rounding) where it has one
         elem = elem_type(index, name)
         bad = values.size - int(np.count_nonzero(np.isfinite(values))) if values.dtype.kind == "f" else 0
         if bad and not (enc.is_float and enc.bw == 32):
@@ -346,10 +346,12 @@ def export_qdq(index, encodings: dict[str, Encoding], path, *, protect=(), progr
 
 def save_model(index, path, *, protect=()) -> Path:
     """Write the model `index` holds (the float model as the target runs it: BatchNormalization
-    folded) atomically, with external data when the input had them or it is over 1 GB."""
+    folded, PTQ steps applied, the values AdaRound and bias correction chose in place of the float
+    ones) atomically, with external data when the input had them or it is over 1 GB."""
     path = Path(path)
     model = onnx.ModelProto()
     model.CopyFrom(index.model)
+    _put_ptq_values(model, index)
     in_files = _external_input_files(index)
     protect = [p for p in (index.path, *in_files, *protect) if p]
     source_dir = getattr(index, "external_dir", None)
@@ -358,6 +360,15 @@ def save_model(index, path, *, protect=()) -> Path:
     else:
         atomic_write(path, model.SerializeToString(), protect=protect)
     return path
+
+
+def _put_ptq_values(model: onnx.ModelProto, index) -> None:
+    """The values PTQ steps chose (AdaRound's weights, corrected biases) in place of the float
+    ones: the model a converter quantizes with the frozen encodings to get what qinspect shows."""
+    values = getattr(index, "ptq_values", {})
+    for t in model.graph.initializer:
+        if t.name in values:
+            t.CopyFrom(onnx.numpy_helper.from_array(np.asarray(values[t.name], onnx.helper.tensor_dtype_to_np_dtype(t.data_type)), t.name))
 
 
 def _check_output(model) -> None:

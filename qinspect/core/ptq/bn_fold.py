@@ -15,7 +15,7 @@ or bias is shared with another node in a way folding would change.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -39,6 +39,9 @@ class Fold:
 class FoldReport:
     folded: list[Fold]
     kept: dict[str, str]  # BatchNormalization node -> why it stays
+    # node folded into -> (|gamma|, beta) per output channel: its output's spread and mean as the
+    # BatchNormalization saw them (high-bias absorption and analytic bias correction use them)
+    bn_params: dict = field(default_factory=dict)
 
     def notes(self) -> list[str]:
         out = []
@@ -71,6 +74,7 @@ class _Graph:
                     self.uses[i] = self.uses.get(i, 0) + 1
         self.outputs = {o.name for o in g.output}
         self.new_name = NameMaker(model)
+        self.bn_params: dict = {}
 
     def value(self, name: str) -> np.ndarray | None:
         if name in self.inits:
@@ -175,6 +179,7 @@ def _fold_one(g: _Graph, op: onnx.NodeProto, bn: onnx.NodeProto) -> Fold | str:
         if b64.size != s.size:
             return f"{op.name}'s bias has {b64.size} values for {s.size} channels"
     new_b = (b64 - mean) * s + beta
+    g.bn_params[op.name] = (np.abs(gamma), beta.copy())
     dtype = w.dtype
     # The op's own weight and bias are rewritten in place (same names); shared ones are copied.
     w_out = w_name if g.uses.get(w_name, 0) == 1 and w_name in g.inits else g.new_name(f"{w_name}_folded")
@@ -239,6 +244,7 @@ def fold_batchnorms(model: onnx.ModelProto, data_dir: str | None = None) -> tupl
         drop.add(i)
         report.folded.append(Fold(label, result.into, result.weight, result.bias))
         _forget_value_info(out.graph, old)
+    report.bn_params = {f.into: g.bn_params[f.into] for f in report.folded}
     if drop:
         kept = [n for i, n in enumerate(out.graph.node) if i not in drop]
         del out.graph.node[:]

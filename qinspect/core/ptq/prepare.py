@@ -15,14 +15,19 @@ from ..targets.profiles import Target, get_target
 from .bn_fold import fold_batchnorms
 
 
-def _fold(model: onnx.ModelProto, data_dir: str | None) -> tuple[onnx.ModelProto, list[str]]:
-    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
-        return model, []
-    folded, report = fold_batchnorms(model, data_dir)
-    return folded, report.notes()
-
-
 def prepare_model(source: str | os.PathLike | onnx.ModelProto, target: str | Target | None = None) -> ModelIndex:
-    """Load, check and index `source` for `target` (the default target when None)."""
+    """Load, check and index `source` for `target` (the default target when None). The index's
+    `bn_params` hold what folding learned of each folded layer's output (|gamma|, beta)."""
     target = get_target(target)
-    return load_model(source, placement=target.placement, transform=_fold if target.fold_batchnorm else None)
+    bn_params: dict = {}
+
+    def fold(model: onnx.ModelProto, data_dir: str | None) -> tuple[onnx.ModelProto, list[str]]:
+        if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+            return model, []
+        folded, report = fold_batchnorms(model, data_dir)
+        bn_params.update(report.bn_params)
+        return folded, report.notes()
+
+    index = load_model(source, placement=target.placement, transform=fold if target.fold_batchnorm else None)
+    index.bn_params = bn_params
+    return index

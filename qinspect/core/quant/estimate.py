@@ -190,13 +190,17 @@ def channels_error(stats: list[TensorStats], encoding: Encoding) -> ErrorEstimat
     return ErrorEstimate(noise / total, sqnr_db(signal / total, noise / total), clipped / total)
 
 
-def values_error(values, encoding: Encoding) -> ErrorEstimate:
-    """The exact error of `encoding` on known values (weights), per tensor or per channel."""
+def values_error(values, encoding: Encoding, quantized=None) -> ErrorEstimate:
+    """The exact error of `encoding` on known values (weights), per tensor or per channel.
+    `quantized`: what the quantizer is given instead, when a PTQ step chose it (AdaRound)."""
     x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)] if encoding.axis is None else x
+    given = x if quantized is None else np.asarray(quantized, dtype=np.float64)
+    if encoding.axis is None:
+        keep = np.isfinite(x)
+        x, given = x[keep], given[keep]
     if x.size == 0:
         return NAN_ESTIMATE
-    err = x - encoding.quantize_dequantize(x)
+    err = x - encoding.quantize_dequantize(given)
     mse, signal = float(np.mean(err * err)), float(np.mean(x * x))
     if encoding.is_float:
         outside = np.abs(x) > FLOAT16_MAX if encoding.bw == 16 else np.zeros(x.shape, dtype=bool)

@@ -93,7 +93,7 @@ def saturating_weights(index, encodings) -> list[str]:
         w, x = encodings.get(group.weight), encodings.get(index.encoding_source(group.input))
         if w is None or x is None or w.is_float or x.is_float or w.bw != 8 or x.bw != 8 or not w.symmetric:
             continue
-        if _max_code(index.initializer(group.weight), w) > SAFE_CODE:
+        if _max_code(index.quantized_value(group.weight), w) > SAFE_CODE:
             out.append(group.weight)
     return out
 
