@@ -60,3 +60,27 @@ def test_calibration_split():
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert set(np.unique(y)) <= set(range(10))
     assert len(np.unique(y)) == 10  # stratified: every class is represented
+
+
+def test_mobile_example_runs_and_is_accurate(test_split):
+    """digits_mobile.onnx (regenerate with `python resources/make_mobile.py`): MobileNet-style, for CLE."""
+    path = RESOURCES / "digits_mobile.onnx"
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    assert model.ir_version == 8
+    assert path.stat().st_size < 200_000
+    nodes = model.graph.node
+    assert all(n.name for n in nodes)
+    assert sum(n.op_type == "BatchNormalization" for n in nodes) >= 1
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    depthwise = [n for n in nodes if n.op_type == "Conv"
+                 and next((a.i for a in n.attribute if a.name == "group"), 1) == weights[n.input[1]][0] > 1
+                 and weights[n.input[1]][1] == 1]
+    assert len(depthwise) >= 2, [n.name for n in depthwise]
+
+    x, y = test_split
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(["logits"], {"input": x})
+    assert logits.shape == (len(x), 10)
+    accuracy = float((logits.argmax(1) == y).mean())
+    assert accuracy >= 0.95, accuracy

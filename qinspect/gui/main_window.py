@@ -468,9 +468,10 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
             job.cancel()
 
     def _busy(self, what: str) -> bool:
-        if self._calibration is not None:
-            messages.notify(self, "info", "Busy", f"Wait for the calibration to finish (or cancel it) before you {what}.")
-            return True
+        for job, name in ((self._calibration, "the calibration"), (getattr(self, "_ptq_thread", None), "the PTQ step")):
+            if job is not None:
+                messages.notify(self, "info", "Busy", f"Wait for {name} to finish (or cancel it) before you {what}.")
+                return True
         return False
 
     def _write(self, fn, title: str) -> bool:

@@ -3,6 +3,8 @@
 command, its notes, and the float model export. Tests call `run_ptq_step` directly."""
 from __future__ import annotations
 
+import copy
+
 from PySide6.QtWidgets import QFileDialog
 
 from . import messages
@@ -34,6 +36,8 @@ class PtqActionsMixin:
         p = self.project
         if self._ptq_thread is not None:
             return "another PTQ step is running"
+        if self._calibration is not None:
+            return "a calibration is running"
         return refusal(step, p.index, [r.step for r in p.steps], bool(p.stats), bool(p.data_spec), options)
 
     def _update_ptq_actions(self) -> None:
@@ -59,7 +63,8 @@ class PtqActionsMixin:
             messages.notify(self, "warning", f"{TITLES[step][0].upper() + TITLES[step][1:]} not run", why)
             return False
         p = self.project
-        index, plan, stats, done = p.index, p.plan, dict(p.stats), [r.step for r in p.steps]
+        # copies: the user may go on editing while the step runs in its thread
+        index, plan, stats, done = p.index, copy.deepcopy(p.plan), dict(p.stats), [r.step for r in p.steps]
         spec, data_options = p.data_spec, dict(p.data_options)
         before = self.live_error.comparison
 

@@ -90,6 +90,29 @@ def nearest(w: np.ndarray, scale, offset, steps) -> np.ndarray:
     return (np.clip(np.floor(w / scale - offset + 0.5), 0, steps) + offset) * scale
 
 
+LOW_RANK_TOL = 1e-6  # share of G's trace a low-rank factor may leave out
+
+
+def _gram_product(gram: np.ndarray, rows: int):
+    """A function w -> w @ G for weights (groups, outputs, K). With fewer rows of data than K / 2
+    (a deep layer's few positions), G has rank r < K / 2 and a factor G = F F^T (less what is under
+    `LOW_RANK_TOL` of its trace) makes two products that cost 4 r K per output instead of 2 K^2;
+    finding F costs one eigendecomposition, worth it only then."""
+    g = gram.astype(np.float32)
+    k = gram.shape[-1]
+    if gram.shape[0] != 1 or k < 256 or rows >= k // 2:
+        return lambda w: np.matmul(w, g)
+    vals, vecs = np.linalg.eigh(gram[0])
+    vals, vecs = vals[::-1].clip(min=0), vecs[:, ::-1]
+    total = vals.sum()
+    rank = int(np.searchsorted(np.cumsum(vals), (1 - LOW_RANK_TOL) * total) + 1) if total > 0 else 1
+    if rank >= k // 2:
+        return lambda w: np.matmul(w, g)
+    factor = np.ascontiguousarray((vecs[:, :rank] * np.sqrt(vals[:rank])).astype(np.float32))
+    factor_t = np.ascontiguousarray(factor.T)
+    return lambda w: (w[0] @ factor @ factor_t)[None]
+
+
 def round_layer(w: np.ndarray, scale: np.ndarray, offset: np.ndarray, steps: float, stats: Statistics,
                 options: AdaroundOptions, progress: Progress | None = None) -> np.ndarray:
     """The learned rounding of weights `w` (groups, outputs, K) on the grid (scale, offset, steps)."""
@@ -98,38 +121,69 @@ def round_layer(w: np.ndarray, scale: np.ndarray, offset: np.ndarray, steps: flo
     t = w / scale - offset
     base = np.floor(t)
     frac = np.clip(t - base, 1e-4, 1 - 1e-4)
-    # float32 from here: the loop is elementwise work on every weight, a thousand times
-    v = (-np.log((ZETA - GAMMA) / (frac - GAMMA) - 1)).astype(np.float32)  # h(V) = frac: start at the float value
-    base, scale32, offset32 = base.astype(np.float32), scale.astype(np.float32), offset.astype(np.float32)
-    scale32 = np.broadcast_to(scale32, v.shape).copy()
-    gram = stats.gram.astype(np.float32)
+    # float32 from here, in place: the loop is elementwise work on every weight, a thousand times.
+    # A weight whose floor is off the grid is clipped whatever h is (constant, no gradient).
+    free = ((base >= 0) & (base + 1 <= steps)).astype(np.float32)
+    shape = base.shape
+    s32 = np.broadcast_to(scale, shape).astype(np.float32)
+    w_floor = ((base + offset) * scale).astype(np.float32)
+    lo, hi = (offset * scale).astype(np.float32), ((steps + offset) * scale).astype(np.float32)
+    s_free = s32 * free
+    nv = np.log((ZETA - GAMMA) / (frac - GAMMA) - 1).astype(np.float32)  # -V, with h(V) = frac at the start
+    product = _gram_product(stats.gram, stats.rows)
     cross_t = np.swapaxes(stats.cross, 1, 2).astype(np.float32)
     norm = np.float32(2.0 / (stats.rows * w.shape[0] * w.shape[1]))
-    m, u = np.zeros_like(v), np.zeros_like(v)
+    span, low = np.float32(ZETA - GAMMA), np.float32(GAMMA)
+    m, u = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    sig, h, wq, tmp = (np.empty(shape, np.float32) for _ in range(4))
     b1, b2, eps = 0.9, 0.999, 1e-8
     warm = int(options.warm_start * options.iterations)
     for it in range(options.iterations):
         if it % 100 == 0:
             check_cancel(progress)
-        sig = 1.0 / (1.0 + np.exp(-v))
-        stretched = sig * np.float32(ZETA - GAMMA) + np.float32(GAMMA)
-        h = np.clip(stretched, 0.0, 1.0)
-        q = base + h
-        wq = (np.clip(q, 0, steps) + offset32) * scale32
-        grad_h = norm * (np.matmul(wq, gram) - cross_t) * scale32
-        grad_h *= (q > 0) & (q < steps)
+        np.exp(nv, out=sig)
+        sig += 1
+        np.reciprocal(sig, out=sig)                       # sigmoid(V)
+        np.multiply(sig, span, out=h)
+        h += low                                          # stretched
+        inside = (h > 0) & (h < 1)
+        np.clip(h, 0, 1, out=h)
+        np.multiply(h, s32, out=wq)
+        wq += w_floor
+        np.clip(wq, lo, hi, out=wq)
+        grad = product(wq)
+        grad -= cross_t
+        grad *= norm
+        grad *= s_free                                    # d loss / d h
         if it >= warm:
             rel = (it - warm) / max(1, options.iterations - warm)
             beta = options.beta_end + (options.beta_start - options.beta_end) * (1 - rel)
-            d = 2 * h - 1
-            grad_h -= np.float32(options.reg_param * 2 * beta) * np.abs(d) ** np.float32(beta - 1) * np.sign(d)
-        grad_v = grad_h * sig * (1 - sig) * np.float32(ZETA - GAMMA) * ((stretched > 0) & (stretched < 1))
-        m = b1 * m + (1 - b1) * grad_v
-        u = b2 * u + (1 - b2) * grad_v * grad_v
+            np.multiply(h, 2, out=tmp)
+            tmp -= 1                                      # d = 2h - 1; d |d|^(beta - 2) = |d|^(beta - 1) sign(d)
+            d_abs = np.abs(tmp)
+            np.power(d_abs, np.float32(beta - 2), out=d_abs)
+            tmp *= d_abs
+            tmp *= np.float32(options.reg_param * 2 * beta)
+            grad -= tmp
+        np.subtract(1, sig, out=tmp)
+        tmp *= sig
+        tmp *= span
+        tmp *= inside
+        grad *= tmp                                       # d loss / d V
+        m *= b1
+        m += (1 - b1) * grad
+        grad *= grad
+        u *= b2
+        u += (1 - b2) * grad
         step = it + 1
-        v -= options.learning_rate * (m / (1 - b1**step)) / (np.sqrt(u / (1 - b2**step)) + eps)
-    h = np.clip((1.0 / (1.0 + np.exp(-v.astype(np.float64)))) * (ZETA - GAMMA) + GAMMA, 0, 1)
-    return (np.clip(base.astype(np.float64) + (h >= 0.5), 0, steps) + offset) * scale
+        np.sqrt(u, out=tmp)
+        tmp *= np.float32(1 / np.sqrt(1 - b2**step))
+        tmp += eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= np.float32(options.learning_rate / (1 - b1**step))
+        nv += tmp                                         # V -= step, so -V += step
+    h = np.clip((1.0 / (1.0 + np.exp(nv.astype(np.float64)))) * (ZETA - GAMMA) + GAMMA, 0, 1)
+    return (np.clip(base + (h >= 0.5), 0, steps) + offset) * scale
 
 
 def adaround(index, encodings: dict[str, Encoding], data, options: AdaroundOptions | None = None,
