@@ -15,6 +15,10 @@ the whole X screen (dialogs and tooltips included) into `docs/img/<W>x<H>/`:
     04_edit          conv2's weights at 4 bits: the table, the status bar and the title follow
     05_sensitivity   the sensitivity ranking
     06_graph         the graph, a node found by name
+    07_per_tensor    the MobileNet-style example with per-tensor 8-bit weights: a depthwise layer's
+                     channel ranges hundreds of times apart, the output SQNR gone
+    08_ptq_dialog    Analysis > PTQ steps > Cross-layer equalization: its options
+    09_cle           after it: the same layer, before (dashed) and after, the status bar's change
 
 With --model, only `01_open` and `06_graph` of that model are taken (no data needed), into
 `docs/img/<W>x<H>-<model name>/`.
@@ -32,6 +36,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "img"
 SIZES = ("1366x768", "1920x1080")
 RELU_OUTPUT = "conv1_relu_out"  # the bundled example's first Relu
+MOBILE = "digits_mobile.onnx"  # beside the example; depthwise layers for CLE
+DEPTHWISE_WEIGHT = "dw2.weight"
 
 
 # --- outside: X servers ---------------------------------------------------------------------------
@@ -137,9 +143,35 @@ def walk(size: str, model: str | None) -> int:
     panel.find_edit.setText("conv2" if model is None else panel.view.node_names()[len(panel.view.node_names()) // 2])
     panel.find_edit.returnPressed.emit()
     shot("06_graph")
+    if model is None:
+        ptq_walk(window, shot, wait_for)
     window.close()
     app.processEvents()
     return 1 if any(p.startswith("error") for p in problems) else 0
+
+
+def ptq_walk(window, shot, wait_for) -> None:
+    from qinspect.gui.file_actions import EXAMPLE_DATA, EXAMPLE_MODEL
+    from qinspect.gui.ptq_dialog import PtqDialog
+
+    window.open_model(str(EXAMPLE_MODEL.with_name(MOBILE)))
+    window.calibrate(str(EXAMPLE_DATA))
+    wait_for(window.calibrationFinished)
+    wait_for(window.errorUpdated)
+    weights = window.project.index.weights()
+    window.table.select(weights)
+    window.editor.per_channel_check.click()  # as a user unticks Per channel for all weights
+    wait_for(window.errorUpdated)
+    window.table.select([DEPTHWISE_WEIGHT])
+    shot("07_per_tensor")
+    window.ptq_actions["cle"].trigger()
+    dialog = next(d for d in window.findChildren(PtqDialog) if d.isVisible())
+    shot("08_ptq_dialog")
+    dialog.accept()
+    wait_for(window.ptqFinished)
+    wait_for(window.errorUpdated)
+    window.table.select([DEPTHWISE_WEIGHT])
+    shot("09_cle")
 
 
 def main(argv=None) -> int:

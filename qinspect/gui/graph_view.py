@@ -128,6 +128,7 @@ class GraphView(QGraphicsView):
         self._sqnr: dict[str, float] = {}
         self.thresholds = (RED_BELOW, GREEN_ABOVE)
         self._reset_state()
+        self._keep_highlight: list[str] = []  # nodes to highlight again once rebuilt
         self.build_seconds = 0.0
         # The key to the marks, over the view's corner: a child of the scroll area, not of the
         # viewport, so scrolling does not move it; clicks and drags go through to the graph.
@@ -266,8 +267,11 @@ class GraphView(QGraphicsView):
         if not shiboken6.isValid(self):
             return
         if event in ("model", "index"):
+            # the same model rewritten (a PTQ step): its nodes stay, and so does what was highlighted
+            keep = list(self._highlighted) if event == "index" else []
             self._clear()
             self._sqnr = {}
+            self._keep_highlight = keep
             if self.isVisible():
                 self._build()
 
@@ -332,6 +336,9 @@ class GraphView(QGraphicsView):
             x, y = self._pos[top]
             self.centerOn(QPointF(x + NODE_W / 2, y + view_h / 2 / OPEN_SCALE - 40))
             self._after_zoom()
+        keep, self._keep_highlight = self._keep_highlight, []
+        if keep:
+            self.highlight_nodes(keep, reveal=True)
         self.build_seconds = time.perf_counter() - started
         if len(self._names) <= IDLE_LIMIT:
             self._idle.start()

@@ -40,6 +40,17 @@ SPIKE_BRUSH = (140, 200, 255, 235)  # lighter than the curve: a spike stands out
 REGION_BRUSH = (255, 200, 0, 28)
 BEFORE = (235, 235, 235, 200)  # dashed outlines of a tensor before the last PTQ step
 CHANNEL_TITLE = "per channel: encoding range (lines), observed min/max (triangles)"
+BEFORE_TITLE = "per channel: range (lines), min/max (triangles), before {} (dashed)"  # short: a title sets the width
+SHORT_TITLES = {"cross-layer equalization": "CLE"}
+BEFORE_ZOOM = 10.0  # a before-span wider than this many times the current one is left off-scale
+
+
+def _with_before(lo: float, hi: float, b_lo: float, b_hi: float) -> tuple[float, float, bool]:
+    """The span that shows both now and before, unless before was so much wider that now would
+    shrink to a line (CLE on an outlier channel): then now's span, and True for "off-scale"."""
+    if b_hi - b_lo > BEFORE_ZOOM * max(hi - lo, 1e-12):
+        return lo, hi, True
+    return min(lo, b_lo), max(hi, b_hi), False
 
 
 def _fmt(x: float) -> str:
@@ -271,13 +282,18 @@ class HistogramPanel(QWidget):
         return stats
 
     def _channel_axis(self, encoding: Encoding | None) -> int | None:
-        """The channel axis when the tensor is a constant with a per-channel encoding."""
-        if encoding is None or encoding.is_float or len(encoding.scale) <= 1 or encoding.axis is None:
-            return None
-        if not self.project.index.is_constant(self._name):
+        """The channel axis of a weight with output channels, or of a constant with a per-channel
+        encoding. Per-tensor weights get it too: their channels' spread under the one range is what
+        cross-layer equalization is for."""
+        if encoding is None or encoding.is_float or not self.project.index.is_constant(self._name):
             return None
         values = self.project.index.initializer(self._name)
-        return encoding.axis if values.ndim > encoding.axis and values.shape[encoding.axis] == len(encoding.scale) else None
+        if len(encoding.scale) > 1:
+            axis = encoding.axis
+            return axis if axis is not None and values.ndim > axis and values.shape[axis] == len(encoding.scale) else None
+        target = self.project.index.targets.get(self._name)
+        axis = target.axis if target is not None and target.kind == "weight" else None
+        return axis if axis is not None and values.ndim > axis and values.shape[axis] > 1 else None
 
     def _one_channel_stats(self, axis: int, channel: int) -> TensorStats:
         key = (self._name, channel)
@@ -324,7 +340,11 @@ class HistogramPanel(QWidget):
         else:
             b_edges, b_counts, step = before
             self.before_curve.setData(b_edges, np.log10(1.0 + b_counts) if log else b_counts)
-            info += f" · dashed: before {step}"
+            lo, hi = _view_span(stats.min, stats.max, encoding)
+            if _with_before(lo, hi, float(b_edges[0]), float(b_edges[-1]))[2]:
+                info += f" · dashed: before {step}, [{_fmt(b_edges[0])}, {_fmt(b_edges[-1])}], mostly off this scale"
+            else:
+                info += f" · dashed: before {step}"
         self.plot.setLabel("left", "log10(1 + count)" if log else "count")
         self.min_line.setValue(stats.min)
         self.max_line.setValue(stats.max)
@@ -389,7 +409,7 @@ class HistogramPanel(QWidget):
     def _reset_view(self, stats: TensorStats, encoding: Encoding | None, top: float, before=None) -> None:
         lo, hi = _view_span(stats.min, stats.max, encoding)
         if before is not None:  # show what the last PTQ step changed too
-            lo, hi = min(lo, float(before[0][0])), max(hi, float(before[0][-1]))
+            lo, hi, _ = _with_before(lo, hi, float(before[0][0]), float(before[0][-1]))
         pad = 0.05 * (hi - lo) if hi > lo else max(abs(lo), 1.0) * 0.05
         self.plot.setXRange(lo - pad, hi + pad, padding=0)
         self.plot.setYRange(0, top * 1.05 or 1.0, padding=0)
@@ -510,8 +530,8 @@ class HistogramPanel(QWidget):
         steps = np.arange(n + 1) - 0.5
         self.obs_min.setData(x, lows)
         self.obs_max.setData(x, highs)
-        self.enc_min.setData(steps, encoding.min)
-        self.enc_max.setData(steps, encoding.max)
+        self.enc_min.setData(steps, np.broadcast_to(encoding.min, n))  # a per-tensor range: one flat line
+        self.enc_max.setData(steps, np.broadcast_to(encoding.max, n))
         y0, y1 = _view_span(float(lows.min()), float(highs.max()), encoding)
         before = before_channel_ranges(self.project, self._name, axis)
         if before is None or len(before[0]) != n:
@@ -521,8 +541,9 @@ class HistogramPanel(QWidget):
         else:
             self.before_min.setData(x, before[0])
             self.before_max.setData(x, before[1])
-            y0, y1 = min(y0, float(before[0].min())), max(y1, float(before[1].max()))
-            self.channel_plot.setTitle(CHANNEL_TITLE + f"; dashed: before {before[2]}", size="8pt")
+            y0, y1, off = _with_before(y0, y1, float(before[0].min()), float(before[1].max()))
+            step = SHORT_TITLES.get(before[2], before[2])
+            self.channel_plot.setTitle(BEFORE_TITLE.format(step + (", off-scale" if off else "")), size="8pt")
         self.channel_plot.setXRange(-0.5, n - 0.5, padding=0.02)
         self.channel_plot.setYRange(y0, y1, padding=0.05)
         channel = self.channel_spin.value()

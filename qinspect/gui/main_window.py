@@ -43,7 +43,7 @@ from .precision_editor import PrecisionEditor
 from .sensitivity_panel import SensitivityPanel
 from .target_bar import TargetBar, Verifier
 from .tensor_table import TensorTable
-from .widgets import ElidedLabel
+from .widgets import ElidedLabel, took
 from .workers import JobThread
 
 __all__ = ["MainWindow", "EXAMPLE_MODEL", "EXAMPLE_DATA"]
@@ -440,7 +440,7 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
                 notes.append("Calibration > Keep flagged tensors in float applies the suggested fix (undoable).")
             if notes:
                 messages.notify(self, "warning", "Calibration finished with warnings", "\n".join(notes[:25]))
-            self.statusBar().showMessage(f"Calibrated on {result.samples} samples in {result.seconds:.1f} s", 8000)
+            self.statusBar().showMessage(f"Calibrated on {result.samples} samples in {took(result.seconds)}", 8000)
             self.calibrationFinished.emit(True)
 
         def stopped():

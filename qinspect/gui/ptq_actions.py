@@ -8,6 +8,7 @@ import copy
 from PySide6.QtWidgets import QFileDialog
 
 from . import messages
+from .widgets import took
 from ..core.commands import ApplyStep
 from ..core.steps import ORDER, TITLES, refusal, run_step
 from .file_actions import ONNX_FILTER
@@ -93,7 +94,7 @@ class PtqActionsMixin:
             self.stack.push(ApplyStep(outcome))
             if before is not None and before.outputs:
                 self.live_error.baseline = (outcome.record.title, min(o.sqnr_db for o in before.outputs.values()))
-            self.statusBar().showMessage(f"{outcome.record.title} in {outcome.record.seconds:.1f} s "
+            self.statusBar().showMessage(f"{outcome.record.title} in {took(outcome.record.seconds)} "
                                          "(Ctrl+Z undoes it)", 10000)
             messages.notify(self, "info", outcome.record.title[0].upper() + outcome.record.title[1:],
                             "\n".join(outcome.record.notes))

@@ -535,7 +535,7 @@ class TensorTable(QWidget):
 
     def set_sqnr(self, sqnr: dict[str, float]) -> None:
         self.model.set_sqnr(sqnr)
-        self.fit_columns((SQNR, CLIPPED))
+        self.fit_columns()  # all: edited rows turn bold, and wider
 
     def fit_columns(self, columns=None) -> None:
         """Size columns to their header and (a sample of) their values, so nothing is cut off;

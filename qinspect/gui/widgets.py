@@ -8,6 +8,11 @@ from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy
 
 
+def took(seconds: float) -> str:
+    """A duration for a status message: "0.03 s" rather than "0.0 s" for quick jobs."""
+    return f"{seconds:.2g} s" if seconds < 1 else f"{seconds:.1f} s"
+
+
 class ElidedLabel(QLabel):
     """A one-line label that never makes its window wider: it shrinks to what is left and ends in "…",
     the whole text in its tooltip (a status bar's summary, a legend). Plain text only."""

@@ -274,7 +274,13 @@ def test_per_channel_weight(panel, project):
 def test_per_tensor_weight_is_draggable(panel, project, stack):
     stack.push(EditTensors(["fc.weight"], per_channel=False))
     panel.show_tensor("fc.weight")
-    assert not child(panel, QSpinBox, "channelSpin").isVisible()
+    # its channels still show, under the one range drawn flat across them (what CLE evens out)
+    assert child(panel, QSpinBox, "channelSpin").isVisible() and panel.channel_plot.isVisible()
+    enc = project.encoding("fc.weight")
+    weights = project.index.initializer("fc.weight")
+    assert len(panel.obs_max.yData) == weights.shape[0]
+    np.testing.assert_allclose(panel.obs_max.yData, weights.max(axis=1))
+    np.testing.assert_allclose(panel.enc_max.yData, np.full(weights.shape[0], enc.max[0]))
     assert panel.region_item.movable
     lo, hi = panel.region()
     panel.region_item.setRegion((lo * 0.5, hi * 0.5))

@@ -105,3 +105,42 @@ def test_export_float_model_and_a_session_with_steps(qtbot, window, messages, tm
     assert [r.step for r in window.project.steps] == ["cle", "bias-correction"]
     assert window.project.encodings == encodings
     assert "PTQ: cross-layer equalization → bias correction" in window.summary.text()
+
+
+def test_cle_on_the_mobile_example_as_a_user_sees_it(qtbot, window, messages):
+    """Per-tensor weights on the MobileNet-style example: a depthwise channel hundreds of times wider
+    than the rest ruins the output; after CLE the views show the layer at its new scale, the old
+    outlier dashed and off it, and the status bar the output SQNR it had before."""
+    from qinspect.gui.file_actions import EXAMPLE_MODEL
+
+    assert window.open_model(str(EXAMPLE_MODEL.with_name("digits_mobile.onnx")))
+    calibrate(qtbot, window)
+    window.table.select(window.project.index.weights())
+    with qtbot.waitSignal(window.errorUpdated, timeout=WAIT):
+        window.editor.per_channel_check.click()  # per-tensor weights, as a user sets them
+    before = min(o.sqnr_db for o in window.live_error.comparison.outputs.values())
+    window.show()
+    qtbot.waitExposed(window)
+    window.graph_dock.raise_()
+    window.table.select(["dw2.weight"])
+    assert "dw2" in window.graph._highlighted
+    run(qtbot, window, "cle")
+    # the graph is rebuilt for the rewritten model and still shows the layer the user was on
+    assert "dw2" in window.graph._highlighted
+    assert window.graph._visible_rect().intersects(window.graph.node_item("dw2").sceneBoundingRect())
+    after = measured(qtbot, window)
+    print(f"\nwindow, mobile example, per-tensor W8: output SQNR {before:.1f} dB -> {after:.1f} dB after CLE")
+    assert before < 5 and after > 20
+    assert f"(was {before:.1f} dB before cross-layer equalization)" in window.live_error.label.text()
+    assert window.statusBar().currentMessage().startswith("cross-layer equalization in ")
+    assert " 0.0 s" not in window.statusBar().currentMessage()  # a quick step still says how quick
+    window.table.select(["dw2.weight"])
+    panel = window.histogram
+    values = window.project.index.initializer("dw2.weight")
+    (x0, x1), _ = panel.plot.getViewBox().viewRange()
+    assert x1 - x0 < 4 * (values.max() - values.min())  # the layer as it is now, readable
+    assert "mostly off this scale" in panel.info.toolTip()
+    assert len(panel.before_curve.xData) and len(panel.before_max.yData) == values.shape[0]
+    (_, _), (y0, y1) = panel.channel_plot.getViewBox().viewRange()
+    assert y1 - y0 < 4 * (values.max() - values.min())
+    assert "before CLE, off-scale" in panel.channel_plot.plotItem.titleLabel.text

@@ -5,6 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import QApplication
 
 from qinspect.core.commands import CommandStack, EditTensors
@@ -305,6 +306,16 @@ def test_columns_fit_their_values_and_keep_a_users_width(table, project, qtbot):
     # live SQNR arrives later: its column grows to fit
     table.set_sqnr({n: -123456.789 for n in project.index.targets})
     assert header.sectionSize(SQNR) >= metrics.horizontalAdvance(cell(model, "logits", SQNR)) + 6
+    # an edit makes rows bold (wider): the name column grows to fit them when the error follows
+    widest = {col: max(project.index.targets, key=lambda n: metrics.horizontalAdvance(cell(model, n, col) or ""))
+              for col in (NAME, MIN)}
+    EditTensors(sorted(set(widest.values())), symmetric=False).do(project)
+    table.set_sqnr({n: 1.0 for n in project.index.targets})
+    bold = QFont(table.view.font())
+    bold.setBold(True)
+    for col, name in widest.items():
+        text = cell(model, name, col)
+        assert header.sectionSize(col) >= QFontMetrics(bold).horizontalAdvance(text) + 6, COLUMNS[col]
     # a width the user chose survives new statistics
     header.resizeSection(ENC_MIN, 300)
     project.set_stats(dict(project.stats), 500)
