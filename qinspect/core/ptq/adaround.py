@@ -186,6 +186,30 @@ def round_layer(w: np.ndarray, scale: np.ndarray, offset: np.ndarray, steps: flo
     return (np.clip(base + (h >= 0.5), 0, steps) + offset) * scale
 
 
+def integer_layers(index, encodings: dict[str, Encoding], data, weights, skipped: dict[str, str],
+                   progress: Progress, label: str):
+    """Walk the layers in graph order for AdaRound and SeqMSE: for each whose weight is on an integer
+    grid and that data reaches, (layer, its weight encoding, the weight from `weights(name)`, its
+    Statistics, its grid (scale, offset, steps), the weight matrix). The caller's changes to `data`
+    between items reach the later layers. Layers left out go to `skipped` with the reason."""
+    layers = list(model_layers(index.model).values())
+    for i, (layer, node) in enumerate(layers):
+        check_cancel(progress)
+        progress.update(i, len(layers), f"{label} {layer.node}")
+        enc = encodings.get(layer.weight)
+        if enc is None or enc.is_float or enc.bw >= 32:
+            skipped[layer.node] = "its weight is not on an integer grid" if enc is not None else "its weight has no encoding"
+            continue
+        w = weights(layer.weight)
+        bias = index.initializer(layer.bias) if layer.bias else None
+        stats = layer_statistics(layer, node, data, w.shape, bias)
+        if stats.gram is None:
+            skipped[layer.node] = "no data reached it"
+            continue
+        yield layer, enc, w, stats, _grid(layer, enc, w.shape), weight_matrix(layer, w.astype(np.float64))
+    progress.update(len(layers), len(layers), f"{label} done")
+
+
 def adaround(index, encodings: dict[str, Encoding], data, options: AdaroundOptions | None = None,
              progress: Progress | None = None):
     """Round every integer-encoded layer weight of `index` in graph order, each fed to `data` once
@@ -193,23 +217,9 @@ def adaround(index, encodings: dict[str, Encoding], data, options: AdaroundOptio
     freeze, per-layer results, layers left as they were with the reason)."""
     options = options or AdaroundOptions()
     progress = progress or NullProgress()
-    layers = list(model_layers(index.model).values())
     values, frozen, results, skipped = {}, {}, [], {}
-    for i, (layer, node) in enumerate(layers):
-        check_cancel(progress)
-        progress.update(i, len(layers), f"AdaRound {layer.node}")
-        enc = encodings.get(layer.weight)
-        if enc is None or enc.is_float or enc.bw >= 32:
-            skipped[layer.node] = "its weight is not on an integer grid" if enc is not None else "its weight has no encoding"
-            continue
-        w = index.initializer(layer.weight)
-        bias = index.initializer(layer.bias) if layer.bias else None
-        stats = layer_statistics(layer, node, data, w.shape, bias)
-        if stats.gram is None:
-            skipped[layer.node] = "no data reached it"
-            continue
-        scale, offset, steps = _grid(layer, enc, w.shape)
-        wmat = weight_matrix(layer, w.astype(np.float64))
+    for layer, enc, w, stats, (scale, offset, steps), wmat in integer_layers(
+            index, encodings, data, index.initializer, skipped, progress, "AdaRound"):
         near = nearest(wmat, scale, offset, steps)
         learned = round_layer(wmat, scale, offset, steps, stats, options, progress)
         rounded = from_weight_matrix(layer, learned, w.shape).astype(w.dtype)
@@ -218,5 +228,4 @@ def adaround(index, encodings: dict[str, Encoding], data, options: AdaroundOptio
         frozen[layer.weight] = enc
         results.append(LayerResult(layer.node, stats.mse(near), stats.mse(learned),
                                    int((np.abs(learned - near) > 0.5 * scale).sum()), int(w.size)))
-    progress.update(len(layers), len(layers), "AdaRound done")
     return values, frozen, results, skipped

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..progress import NullProgress, Progress, check_cancel
+from ..progress import NullProgress, Progress
 from ..quant.encoding import Encoding
-from .adaround import _grid, layer_statistics, nearest
-from .layers import model_layers
-from .patches import weight_matrix
+from .adaround import integer_layers, nearest
 
 CANDIDATES = 20
 
@@ -38,25 +36,11 @@ def seq_mse(index, encodings: dict[str, Encoding], data, candidates: int = CANDI
             progress: Progress | None = None):
     """Returns (the weight encodings to freeze, per-layer results, layers left out with the reason)."""
     progress = progress or NullProgress()
-    layers = list(model_layers(index.model).values())
     frozen, results, skipped = {}, [], {}
     current = dict(encodings)
     factors = (np.arange(candidates) + 1) / candidates
-    for i, (layer, node) in enumerate(layers):
-        check_cancel(progress)
-        progress.update(i, len(layers), f"SeqMSE {layer.node}")
-        enc = encodings.get(layer.weight)
-        if enc is None or enc.is_float or enc.bw >= 32:
-            skipped[layer.node] = "its weight is not on an integer grid" if enc is not None else "its weight has no encoding"
-            continue
-        w = index.quantized_value(layer.weight)
-        bias = index.initializer(layer.bias) if layer.bias else None
-        stats = layer_statistics(layer, node, data, w.shape, bias)
-        if stats.gram is None:
-            skipped[layer.node] = "no data reached it"
-            continue
-        scale, offset, steps = _grid(layer, enc, w.shape)
-        wmat = weight_matrix(layer, w.astype(np.float64))
+    for layer, enc, _, stats, (scale, offset, steps), wmat in integer_layers(
+            index, encodings, data, index.quantized_value, skipped, progress, "SeqMSE"):
         losses = np.stack([_channel_losses(nearest(wmat, scale * f, offset, steps), stats) for f in factors])
         if enc.per_channel:
             best = factors[np.argmin(losses, axis=0)]              # (groups, outputs)
@@ -71,6 +55,5 @@ def seq_mse(index, encodings: dict[str, Encoding], data, candidates: int = CANDI
         results.append(RangeResult(layer.node, stats.mse(nearest(wmat, scale, offset, steps)),
                                    stats.mse(nearest(wmat, chosen_scale, offset, steps)),
                                    (float(best.min()), float(best.max()))))
-    progress.update(len(layers), len(layers), "SeqMSE done")
     return frozen, results, skipped
 
