@@ -66,6 +66,8 @@ def test_a_function_preserving_imbalance_is_undone():
     assert report.chains == ["conv1 -> conv2"] and not report.skipped
     w = weights(out)
     r1, r2 = per_channel_max(w["w1"], 0), per_channel_max(w["w2"], 1)
+    print(f"\nimbalanced pair: first layer's channel ranges {r.max() / r.min():.0f}x apart -> "
+          f"{r1.max() / r1.min():.2f}x (first), {r2.max() / r2.min():.2f}x (second) after CLE")
     assert r1.max() / r1.min() < 2 and r2.max() / r2.min() < 2
     np.testing.assert_allclose(r1, r2, rtol=1e-5)  # each channel's range is the same in both layers
     np.testing.assert_allclose(run(out, x), run(skewed, x), rtol=1e-4, atol=1e-5)
