@@ -144,3 +144,19 @@ def test_cle_on_the_mobile_example_as_a_user_sees_it(qtbot, window, messages):
     (_, _), (y0, y1) = panel.channel_plot.getViewBox().viewRange()
     assert y1 - y0 < 4 * (values.max() - values.min())
     assert "before CLE, off-scale" in panel.channel_plot.plotItem.titleLabel.text
+
+
+def test_cancelling_a_step_changes_nothing(qtbot, window, messages):
+    calibrate(qtbot, window)
+    index, encodings = window.project.index, dict(window.project.encodings)
+    depth = window.stack.undo_label
+    with qtbot.waitSignal(window.ptqFinished, timeout=WAIT) as done:
+        assert window.run_ptq_step("adaround", samples=64, iterations=200_000)  # long enough to catch
+        assert not window.progress.isHidden()
+        qtbot.wait(300)  # let it get into the rounding
+        window.actionCancel.trigger()  # what Esc does
+    assert done.args == [False]
+    assert window.project.index is index and window.project.steps == [] and window.stack.undo_label == depth
+    assert window.project.encodings == encodings
+    assert "cancelled; nothing changed" in window.statusBar().currentMessage()
+    assert window.ptq_refusal("adaround") is None  # free to run again
