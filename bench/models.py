@@ -14,6 +14,13 @@ onnxruntime 1.31) and a dynamic batch axis "N", so calibration runs in batches.
   sequence 128, fed float embeddings [N, 128, 256]. Attention is MatMul/Softmax, GELU is the Erf
   decomposition and LayerNorm is its opset-13 decomposition (ReduceMean, Sub, Mul, Sqrt, Div, ...),
   as torch exports them below opset 17. Weights ~ N(0, 1/fan_in), LayerNorm gamma 1 and beta 0.
+- ``detector``: a YOLOv8-style detector: Conv+SiLU (Sigmoid, Mul) backbone with C2f blocks (Split,
+  bottlenecks with residual Add, Concat), an FPN/PAN neck (Resize, Concat, stride-2 convs), a
+  decoupled head at strides 8/16/32 and YOLOv8's decode: DFL (Softmax over 16 bins, then a 1x1 Conv
+  with weights 0..15), the anchor grid (x1y1 = anchor - lt, x2y2 = anchor + rb: the Sub and Add
+  whose outputs span the whole image), xywh (centre and x2y2 - x1y1) times the strides, and sigmoid
+  class scores. Two outputs, ``boxes`` [N, 4, A] in pixels and ``scores`` [N, classes, A], as
+  NMS-ready exports give them.
 """
 from __future__ import annotations
 
@@ -194,7 +201,138 @@ def transformer(layers: int = 4, width: int = 256, heads: int = 4, seq: int = 12
     )
 
 
-BUILDERS = {"resnet": resnet, "mobilenet": mobilenet, "transformer": transformer}
+def _silu(b: _Builder, x: str) -> str:
+    return b.node("Mul", [x, b.node("Sigmoid", [x], "sigmoid")], "silu")
+
+
+def _conv_silu(b: _Builder, x: str, cin: int, cout: int, k: int = 3, stride: int = 1) -> str:
+    return _silu(b, b.conv(x, cin, cout, k, stride=stride))
+
+
+def _c2f(b: _Builder, x: str, cin: int, cout: int, blocks: int = 1) -> str:
+    half = cout // 2
+    y = _conv_silu(b, x, cin, cout, 1)
+    parts = [b.name("c2f_a"), b.name("c2f_b")]
+    b.nodes.append(helper.make_node("Split", [y], parts, name=parts[0] + "_split", axis=1))
+    z = parts[1]
+    for _ in range(blocks):
+        t = _conv_silu(b, _conv_silu(b, z, half, half), half, half)
+        z = b.node("Add", [z, t], "c2f_residual")
+        parts.append(z)
+    return _conv_silu(b, b.node("Concat", parts, "c2f_concat", axis=1), half * len(parts), cout, 1)
+
+
+def _anchors(size: int, strides) -> tuple[np.ndarray, np.ndarray]:
+    points, scale = [], []
+    for s in strides:
+        n = size // s
+        ys, xs = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="ij")
+        points.append(np.stack([xs.reshape(-1), ys.reshape(-1)]))
+        scale.append(np.full(n * n, float(s)))
+    return np.concatenate(points, axis=1)[None].astype(np.float32), np.concatenate(scale)[None, None].astype(np.float32)
+
+
+def detector(width: int = 16, size: int = 320, classes: int = 20, blocks: int = 1, box_gain: float = 6.0,
+             cls_gain: float = 4.0, seed: int = 3) -> onnx.ModelProto:
+    """YOLOv8-style (see the module doc); `width` is the stem's channels (YOLOv8n: 16)."""
+    b = _Builder(seed)
+    w = [width, 2 * width, 4 * width, 8 * width, 16 * width]
+    x = _conv_silu(b, "input", 3, w[0], 3, 2)                         # /2
+    x = _c2f(b, _conv_silu(b, x, w[0], w[1], 3, 2), w[1], w[1], blocks)  # /4
+    p3 = _c2f(b, _conv_silu(b, x, w[1], w[2], 3, 2), w[2], w[2], blocks)  # /8
+    p4 = _c2f(b, _conv_silu(b, p3, w[2], w[3], 3, 2), w[3], w[3], blocks)  # /16
+    p5 = _c2f(b, _conv_silu(b, p4, w[3], w[4], 3, 2), w[4], w[4], blocks)  # /32
+    up = b.const(np.array([1, 1, 2, 2], np.float32), "up_scales")
+    roi = b.const(np.zeros(0, np.float32), "roi")
+
+    def upsample(t):
+        return b.node("Resize", [t, roi, up], "upsample", mode="nearest")
+
+    n4 = _c2f(b, b.node("Concat", [upsample(p5), p4], "neck_concat", axis=1), w[4] + w[3], w[3], blocks)
+    n3 = _c2f(b, b.node("Concat", [upsample(n4), p3], "neck_concat", axis=1), w[3] + w[2], w[2], blocks)
+    d4 = _c2f(b, b.node("Concat", [_conv_silu(b, n3, w[2], w[2], 3, 2), n4], "neck_concat", axis=1), w[2] + w[3], w[3], blocks)
+    d5 = _c2f(b, b.node("Concat", [_conv_silu(b, d4, w[3], w[3], 3, 2), p5], "neck_concat", axis=1), w[3] + w[4], w[4], blocks)
+    bins, mid = 16, max(16, w[2] // 4)
+    heads, gains, class_biases = [], {}, []
+    for feat, c in ((n3, w[2]), (d4, w[3]), (d5, w[4])):
+        box = _conv_silu(b, _conv_silu(b, feat, c, mid), mid, mid)
+        box = b.conv(box, mid, 4 * bins, 1)
+        gains[box] = box_gain
+        cls = _conv_silu(b, _conv_silu(b, feat, c, mid), mid, mid)
+        cls = b.conv(cls, mid, classes, 1)
+        gains[cls] = cls_gain
+        class_biases.append(b.nodes[-1].input[2])
+        both = b.node("Concat", [box, cls], "head_concat", axis=1)
+        heads.append(b.node("Reshape", [both, b.const(np.array([0, 4 * bins + classes, -1], np.int64), "shape")], "head_flat"))
+    out = b.node("Concat", heads, "heads_concat", axis=2)              # [N, 64 + C, A]
+    dist, cls = b.name("dfl_in"), b.name("cls_logits")
+    b.nodes.append(helper.make_node("Split", [out, b.const(np.array([4 * bins, classes], np.int64), "split")],
+                                    [dist, cls], name=dist + "_split", axis=1))
+    # DFL: a distribution over 16 bins per side, its expectation by a 1x1 Conv with weights 0..15
+    d = b.node("Reshape", [dist, b.const(np.array([0, 4, bins, -1], np.int64), "shape")], "dfl_reshape")
+    d = b.node("Softmax", [b.node("Transpose", [d], "dfl_t", perm=[0, 2, 1, 3])], "dfl_softmax", axis=1)
+    proj = b.const(np.arange(bins, dtype=np.float32).reshape(1, bins, 1, 1), "dfl_w")
+    d = b.node("Reshape", [b.node("Conv", [d, proj], "dfl_conv", kernel_shape=[1, 1]),
+                           b.const(np.array([0, 4, -1], np.int64), "shape")], "dfl")   # [N, 4, A]
+    lt, rb = b.name("lt"), b.name("rb")
+    b.nodes.append(helper.make_node("Split", [d, b.const(np.array([2, 2], np.int64), "split")], [lt, rb],
+                                    name=lt + "_split", axis=1))
+    points, scale = _anchors(size, (8, 16, 32))
+    grid = b.const(points, "anchor_points")
+    x1y1 = b.node("Sub", [grid, lt], "anchor_sub")
+    x2y2 = b.node("Add", [grid, rb], "anchor_add")                     # the anchor-grid Add
+    centre = b.node("Div", [b.node("Add", [x1y1, x2y2], "centre_sum"), b.const(np.array(2.0, np.float32), "two")], "centre")
+    wh = b.node("Sub", [x2y2, x1y1], "wh")
+    xywh = b.node("Concat", [centre, wh], "xywh", axis=1)
+    boxes = b.node("Mul", [xywh, b.const(scale, "strides")], "boxes")
+    scores = b.node("Sigmoid", [cls], "scores")
+    for old, new in ((boxes, "boxes"), (scores, "scores")):
+        for node in b.nodes:
+            node.output[:] = [new if o == old else o for o in node.output]
+    anchors = points.shape[-1]
+    model = b.model(
+        "bench_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4, anchors]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes, anchors])],
+    )
+    targets = {n.output[0]: gains.get(n.output[0], 1.0) for n in b.nodes if n.op_type == "Conv" and n.input[1] != proj}
+    _normalise(model, targets, size, b.rng)
+    for t in model.graph.initializer:  # class biases start low, as YOLOv8 sets them: most anchors see background
+        if t.name in class_biases:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) - 4.0, t.name))
+    return model
+
+
+def _normalise(model: onnx.ModelProto, targets: dict[str, float], size: int, rng) -> None:
+    """Scale each Conv's weights and bias, in graph order, so its output's standard deviation on
+    random images is its target (1, or the head's gains): random He weights through SiLU, residual
+    Adds and Concats would otherwise shrink or blow up the activations exponentially with depth.
+    One session; the weights are fed, so each Conv costs one run."""
+    import onnxruntime as ort
+
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.output[0] in targets]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    params = [name for n in convs for name in n.input[1:3]]
+    probe.graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(inits[name].dims)) for name in params)
+    probe.graph.output.extend(helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in convs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the fed initializers are meant: no warning for each
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = {name: numpy_helper.to_array(inits[name]) for name in params}
+    x = rng.random((2, 3, size, size), dtype=np.float32)
+    for n in convs:
+        y = session.run([n.output[0]], {"input": x, **values})[0]
+        factor = np.float32(targets[n.output[0]] / max(float(y.std()), 1e-6))
+        for name in n.input[1:3]:
+            values[name] = values[name] * factor
+    for name, v in values.items():
+        inits[name].CopyFrom(numpy_helper.from_array(v.astype(np.float32), name))
+
+
+BUILDERS = {"resnet": resnet, "mobilenet": mobilenet, "transformer": transformer, "detector": detector}
 
 
 def build(kind: str, path: str, **options) -> dict:

@@ -13,7 +13,9 @@ import onnx
 from .walk import DEFAULT_DOMAINS, _walk
 
 # Ops whose float output only moves or selects values of input 0, so it reuses input 0's encoding.
-# Concat is handled apart (only when all its float inputs are already quantized).
+# Not Concat: its inputs' ranges differ (a C2f block's halves, a detector's box and class maps), and
+# one input's encoding would clip the others, so its output gets its own quantizer, as onnxruntime's
+# quantize_static gives it and as the target requantizes the inputs to it.
 MOVE_OPS = frozenset({
     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split", "Identity",
     "Dropout", "MaxPool", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Pad",
@@ -222,11 +224,7 @@ class PlacementMixin:
         if node.op_type in self.placement.move_ops:
             src = node.input[0] if node.input else ""
             return src if src and self._quantized(src) else None
-        if node.op_type == "Concat":
-            floats = [n for n in node.input if n and self.is_float(n)]
-            if floats and all(self._quantized(n) for n in floats):
-                return floats[0]
-        return None
+        return None  # Concat included: one input's encoding would clip the others (see MOVE_OPS)
 
     def _quantized(self, name: str) -> bool:
         return name in self.targets or name in self.aliases
