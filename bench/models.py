@@ -233,25 +233,33 @@ def _anchors(size: int, strides) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detector(width: int = 16, size: int = 320, classes: int = 20, blocks: int = 1, box_gain: float = 6.0,
-             cls_gain: float = 4.0, seed: int = 3) -> onnx.ModelProto:
-    """YOLOv8-style (see the module doc); `width` is the stem's channels (YOLOv8n: 16)."""
+             cls_gain: float = 4.0, neck: bool = True, seed: int = 3) -> onnx.ModelProto:
+    """YOLOv8-style (see the module doc); `width` is the stem's channels (YOLOv8n: 16). Without
+    `neck`, three plain strided convs feed the head (a few layers deep: for tests)."""
     b = _Builder(seed)
     w = [width, 2 * width, 4 * width, 8 * width, 16 * width]
-    x = _conv_silu(b, "input", 3, w[0], 3, 2)                         # /2
-    x = _c2f(b, _conv_silu(b, x, w[0], w[1], 3, 2), w[1], w[1], blocks)  # /4
-    p3 = _c2f(b, _conv_silu(b, x, w[1], w[2], 3, 2), w[2], w[2], blocks)  # /8
-    p4 = _c2f(b, _conv_silu(b, p3, w[2], w[3], 3, 2), w[3], w[3], blocks)  # /16
-    p5 = _c2f(b, _conv_silu(b, p4, w[3], w[4], 3, 2), w[4], w[4], blocks)  # /32
-    up = b.const(np.array([1, 1, 2, 2], np.float32), "up_scales")
-    roi = b.const(np.zeros(0, np.float32), "roi")
+    if neck:
+        x = _conv_silu(b, "input", 3, w[0], 3, 2)                         # /2
+        x = _c2f(b, _conv_silu(b, x, w[0], w[1], 3, 2), w[1], w[1], blocks)  # /4
+        p3 = _c2f(b, _conv_silu(b, x, w[1], w[2], 3, 2), w[2], w[2], blocks)  # /8
+        p4 = _c2f(b, _conv_silu(b, p3, w[2], w[3], 3, 2), w[3], w[3], blocks)  # /16
+        p5 = _c2f(b, _conv_silu(b, p4, w[3], w[4], 3, 2), w[4], w[4], blocks)  # /32
+        up = b.const(np.array([1, 1, 2, 2], np.float32), "up_scales")
+        roi = b.const(np.zeros(0, np.float32), "roi")
 
-    def upsample(t):
-        return b.node("Resize", [t, roi, up], "upsample", mode="nearest")
+        def upsample(t):
+            return b.node("Resize", [t, roi, up], "upsample", mode="nearest")
 
-    n4 = _c2f(b, b.node("Concat", [upsample(p5), p4], "neck_concat", axis=1), w[4] + w[3], w[3], blocks)
-    n3 = _c2f(b, b.node("Concat", [upsample(n4), p3], "neck_concat", axis=1), w[3] + w[2], w[2], blocks)
-    d4 = _c2f(b, b.node("Concat", [_conv_silu(b, n3, w[2], w[2], 3, 2), n4], "neck_concat", axis=1), w[2] + w[3], w[3], blocks)
-    d5 = _c2f(b, b.node("Concat", [_conv_silu(b, d4, w[3], w[3], 3, 2), p5], "neck_concat", axis=1), w[3] + w[4], w[4], blocks)
+        n4 = _c2f(b, b.node("Concat", [upsample(p5), p4], "neck_concat", axis=1), w[4] + w[3], w[3], blocks)
+        n3 = _c2f(b, b.node("Concat", [upsample(n4), p3], "neck_concat", axis=1), w[3] + w[2], w[2], blocks)
+        d4 = _c2f(b, b.node("Concat", [_conv_silu(b, n3, w[2], w[2], 3, 2), n4], "neck_concat", axis=1),
+                  w[2] + w[3], w[3], blocks)
+        d5 = _c2f(b, b.node("Concat", [_conv_silu(b, d4, w[3], w[3], 3, 2), p5], "neck_concat", axis=1),
+                  w[3] + w[4], w[4], blocks)
+    else:  # the head and decode on three strided convs: where a detector's own 8-bit trouble shows alone
+        n3 = _conv_silu(b, b.node("AveragePool", ["input"], "stem", kernel_shape=[8, 8], strides=[8, 8]), 3, w[2], 3)
+        d4 = _conv_silu(b, n3, w[2], w[3], 3, 2)
+        d5 = _conv_silu(b, d4, w[3], w[4], 3, 2)
     bins, mid = 16, max(16, w[2] // 4)
     heads, gains, class_biases = [], {}, []
     for feat, c in ((n3, w[2]), (d4, w[3]), (d5, w[4])):

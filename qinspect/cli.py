@@ -126,6 +126,14 @@ def _calibrate_parser(sub) -> None:
                    help="samples the data-driven PTQ steps learn from (default 128, or all the data has)")
     _target_option(p)
     _data_and_provider_options(p)
+    p.add_argument("--target-sqnr", type=float, metavar="DB",
+                   help="mixed precision: write the cheapest plan found whose output SQNR on the data reaches DB")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
+                   help="mixed precision: ... whose top-1 on the data (labels needed) is within PCT points of float")
+    p.add_argument("--candidates", default="int8,int16", metavar="LIST",
+                   help="precisions the search may give a group (default int8,int16; also int4, float16, float32)")
+    p.add_argument("--target-samples", type=int, default=32, metavar="N",
+                   help="samples the search measures on (default 32)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -379,6 +387,10 @@ def run_calibrate(args) -> int:
     for step in steps:
         if step != "cle":
             index, _ = _ptq_step(args, step, index, plan, result.stats, data, records, providers)
+    if args.target_sqnr is not None or args.max_accuracy_drop is not None:
+        plan = _to_target(args, index, plan, result.stats, data, providers, progress)
+        if plan is None:
+            return 1
     encodings = derive_encodings(index, result.stats, plan)
     for line in _rule_summary(rule_effects(index, plan)):
         print(f"qinspect: note: {line}", file=sys.stderr)
@@ -412,6 +424,66 @@ def run_calibrate(args) -> int:
               f"{result.seconds:.1f}s" + (f" ({left} bias encodings left out: the target derives them; "
                                            f"--bias-encodings writes them)" if left else ""), file=sys.stderr)
     return 0
+
+
+def _candidates(text: str) -> list[str]:
+    from .core.analysis.sensitivity import PRECISIONS
+
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in PRECISIONS]
+    if unknown or len(names) < 2:
+        raise _Usage(f"--candidates {text}: give two or more of {', '.join(PRECISIONS)}"
+                     + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return names
+
+
+def _to_target(args, index, plan, stats, data, providers, progress):
+    """The cheapest plan the search finds that meets --target-sqnr / --max-accuracy-drop, or None
+    (and what limits it) when the candidates cannot."""
+    from .core.analysis.search import plan_with
+    from .core.analysis.to_target import search_to_target
+    from .core.plan import refusals
+
+    cands = _candidates(args.candidates)
+    if args.target_samples < 1:
+        raise _Usage("--target-samples must be at least 1")
+    if args.max_accuracy_drop is not None and args.max_accuracy_drop < 0:
+        raise _Usage("--max-accuracy-drop must be 0 or more (percentage points of top-1)")
+    try:
+        r = search_to_target(index, stats, plan, data, target_sqnr=args.target_sqnr,
+                             max_accuracy_drop=args.max_accuracy_drop, candidates=cands,
+                             samples=args.target_samples, batch_size=args.batch_size, providers=providers,
+                             progress=progress)
+    except ValueError as exc:
+        raise _Usage(f"{args.data}: {exc}") from exc
+
+    def line(label, sqnr, acc, cost):
+        top1 = "" if acc is None else f", top-1 {100 * acc:.1f}%"
+        return f"  {label:<10} output SQNR {sqnr:6.1f} dB{top1}, cost {cost:.2f}"
+
+    out = [f"qinspect: mixed precision to {r.goal} (on {r.samples} samples; candidates {', '.join(cands)}; "
+           "cost: bit operations over all " + cands[0] + ")"]
+    if r.float_accuracy is not None:
+        out.append(f"  float      top-1 {100 * r.float_accuracy:.1f}%")
+    out.append(line(r.cheapest.label, r.cheapest.sqnr, r.cheapest.accuracy, r.cheapest.cost))
+    out.append(line(r.dearest.label, r.dearest.sqnr, r.dearest.accuracy, r.dearest.cost))
+    if r.point is not None:
+        moved = r.promoted()
+        names = ", ".join(f"{g} ({p})" for g, p in list(moved.items())[:6]) + (" ..." if len(moved) > 6 else "")
+        out.append(line("chosen" if r.met else "best found", r.point.output_sqnr, r.point.accuracy, r.point.cost)
+                   + f": {len(moved)} of {len(r.point.precisions)} groups moved" + (f": {names}" if moved else ""))
+    print("\n".join(out), file=sys.stderr)
+    if not r.met:
+        limits = "; ".join(f"{g} (float32 would give {gain:+.1f} dB)" for g, _, gain in r.limits[:5])
+        print(f"qinspect: error: the candidates {', '.join(cands)} cannot reach {r.goal} on this data"
+              + (f"; what limits it: {limits}" if limits else "")
+              + "; add float16 or float32 to --candidates, or lower the target. Nothing written.", file=sys.stderr)
+        return None
+    chosen = plan_with(plan, r.point.changes)
+    problems = refusals(index, chosen)
+    if problems:
+        raise _Usage("the chosen plan: " + "; ".join(problems[:3]))
+    return chosen
 
 
 def _ptq_steps(args) -> list[str]:

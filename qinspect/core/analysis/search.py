@@ -57,7 +57,7 @@ def noise(sqnr_db: float) -> float:
 
 def plan_with(plan: PrecisionPlan, changes: dict[str, dict]) -> PrecisionPlan:
     """A copy of `plan` with `changes` applied (the original is not touched)."""
-    out = PrecisionPlan(plan.defaults)
+    out = PrecisionPlan(plan.defaults, plan.target)  # the same target: its rules shape every encoding
     out.edits = dict(plan.edits)
     for name, ch in changes.items():
         out.set(name, **ch)
@@ -109,9 +109,12 @@ class _State:
 
 def pareto_search(index, stats, plan: PrecisionPlan, data, *, candidates=("int8", "int16", "float16"),
                   samples: int | None = 16, max_steps: int | None = None, progress: Progress | None = None,
-                  batch_size: int = 8, providers=None) -> list[ParetoPoint]:
+                  batch_size: int = 8, providers=None, evaluator: OutputEvaluator | None = None) -> list[ParetoPoint]:
     """The non-dominated plans found by the greedy search (see the module doc), cost up, error down.
 
+    With `evaluator`, its cached samples are
+    used (`data`, `samples` and `batch_size` are not) and it is left open. Each trial re-simulates
+    only the graph downstream of the group it changes (`OutputEvaluator.set_reference`).
     Cancellation is checked between simulations (raises `Cancelled`)."""
     progress = progress or NullProgress()
     cands = _order(candidates)
@@ -141,12 +144,14 @@ def pareto_search(index, stats, plan: PrecisionPlan, data, *, candidates=("int8"
         return p, enc
 
     progress.update(0, total, "running the float model")
-    ev = OutputEvaluator(index, data, samples, batch_size=batch_size, providers=providers, progress=progress)
+    own = evaluator is None
+    ev = evaluator or OutputEvaluator(index, data, samples, batch_size=batch_size, providers=providers,
+                                      progress=progress)
     try:
         start_plan = plan_with(plan, promote_changes(groups, cands[0]))
         start_enc = derive_encodings(index, stats, start_plan)
         check_cancel(progress)
-        sqnr, acc = ev.evaluate(start_enc, progress=progress)
+        sqnr, acc = ev.set_reference("current", start_enc, progress=progress)
         tick("measuring the cheapest plan")
         c0 = costs(start_enc)
         unit = (lambda c: c.bit_ops / c0.bit_ops) if c0.bit_ops > 0 else (
@@ -198,18 +203,20 @@ def pareto_search(index, stats, plan: PrecisionPlan, data, *, candidates=("int8"
                 path.append(state)
                 version += 1
                 steps += 1
+                ev.set_reference("current", enc, progress=progress)
                 for k in range(len(cands)):  # its other options cost differently now: measure them again
                     if allowed(j, k):
                         push(math.inf, g, k, -1)
                 continue
             check_cancel(progress)
             p, enc = state_after(state, g, j)
-            s, a = ev.evaluate(enc, progress=progress)
+            s, a = ev.evaluate(enc, progress=progress, reference="current")
             c = costs(enc)
             tick(f"trying {g} at {cands[j]}")
             push(ratio(noise(state.sqnr) - noise(s), unit(c) - unit(state.cost)), g, j, version, (p, enc, s, a, c))
     finally:
-        ev.close()
+        if own:
+            ev.close()
     progress.update(total, total, "done")
     return _front(index, stats, plan, path, cands, unit)
 

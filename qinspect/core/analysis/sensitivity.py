@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compare import _Batches, _float_outputs, _float_session, _predictions, _run_float
 from ..quant.encoding import Encoding, float_encoding
-from ..errors import ModelError
 from ..quant.qparams import complete_encodings, onnx_qparams
 from ..progress import NullProgress, Progress, check_cancel
-from .simulate import Simulator, quantizer_kind
+from .engine import OutputEvaluator, output_sqnr  # noqa: F401 (output_sqnr: the public name stays here)
+from .simulate import quantizer_kind
 
 FUSED_ACT = frozenset({"Relu", "Clip", "BatchNormalization"})
 PRECISIONS = {"int4": ("int", 4), "int8": ("int", 8), "int16": ("int", 16),
@@ -115,93 +114,6 @@ def is_quantizing(index, name: str, enc: Encoding | None) -> bool:
     if index.targets[name].kind == "activation":
         return quantizer_kind(enc) != "none"
     return enc.is_float or onnx_qparams(enc) is not None
-
-
-class OutputEvaluator:
-    """Output SQNR (and top-1 accuracy when the data has labels) of encodings on a few cached samples.
-
-    The float model runs once, here; `evaluate` runs the quantized simulation, keeping its
-    onnxruntime session from one call to the next whenever `Simulator` allows."""
-
-    def __init__(self, index, data, samples: int | None = 16, *, batch_size: int = 8, providers=None,
-                 progress: Progress | None = None):
-        progress = progress or NullProgress()
-        self.index = index
-        self.providers = providers or ["CPUExecutionProvider"]
-        self.outputs = _float_outputs(index)
-        if not self.outputs:
-            raise ModelError(f"{index.path or 'the model'} has no float output to measure the error on")
-        batches = _Batches(data, samples, batch_size)
-        session = _float_session(index, self.outputs, self.providers)
-        self._batches: list[tuple[int, dict, np.ndarray | None]] = []
-        self._float: list[list[np.ndarray]] = []
-        self._signal = np.zeros(len(self.outputs))
-        correct = labelled = 0
-        for count, feeds, labels in batches:
-            check_cancel(progress)
-            values = _run_float(session, feeds, self.outputs)
-            f = [np.asarray(values[o], np.float64) for o in self.outputs]
-            self._batches.append((count, feeds, labels))
-            self._float.append(f)
-            for i, v in enumerate(f):
-                v = v[np.isfinite(v)]
-                self._signal[i] += float(v @ v)
-            pred = _predictions(f[0], count) if labels is not None else None
-            if pred is not None:
-                correct += int((pred == labels).sum())
-                labelled += count
-        self.samples = sum(c for c, _, _ in self._batches)
-        self.float_accuracy = correct / labelled if labelled else None
-        self._sim: Simulator | None = None
-        self.runs = 0
-
-    @property
-    def rebuilds(self) -> int:
-        return self._sim.rebuilds if self._sim is not None else 0
-
-    def close(self) -> None:
-        if self._sim is not None:
-            self._sim.close()
-
-    def evaluate(self, encodings: dict[str, Encoding], passthrough=(),
-                 progress: Progress | None = None) -> tuple[float, float | None]:
-        """(output SQNR in dB, top-1 accuracy or None) of `encodings`, with the activation
-        quantizers named in `passthrough` run as float32."""
-        if self._sim is None:
-            self._sim = Simulator(self.index, encodings, names=self.outputs, providers=self.providers)
-        self._sim.set_encodings(encodings, passthrough=passthrough)
-        noise = np.zeros(len(self.outputs))
-        correct = labelled = 0
-        for (count, feeds, labels), f in zip(self._batches, self._float):
-            if progress is not None:
-                check_cancel(progress)
-            q = self._sim.run(feeds, self.outputs)
-            for i, (fv, qv) in enumerate(zip(f, q)):
-                ok = np.isfinite(fv)
-                qv = np.asarray(qv, np.float64)[ok]
-                if not np.isfinite(qv).all():
-                    noise[i] = math.inf
-                    continue
-                err = qv - fv[ok]
-                noise[i] += float(err @ err)
-            if labels is not None:
-                pred = _predictions(np.asarray(q[0]), count)
-                if pred is not None:
-                    correct += int((pred == labels).sum())
-                    labelled += count
-        self.runs += 1
-        return output_sqnr(self._signal, noise), (correct / labelled if labelled else None)
-
-
-def output_sqnr(signal, noise) -> float:
-    """``-10 log10(mean(noise / signal))`` over outputs with a signal (see the module doc)."""
-    ratios = [n / s for s, n in zip(signal, noise) if s > 0]
-    if not ratios:
-        return math.inf if all(n == 0 for n in noise) else -math.inf
-    r = float(np.mean(ratios))
-    if r == 0:
-        return math.inf
-    return -math.inf if math.isinf(r) else -10.0 * math.log10(r)
 
 
 @dataclass
@@ -290,16 +202,21 @@ def sensitivity(index, encodings: dict[str, Encoding], data, *, samples: int | N
     try:
         done = 1
         check_cancel(progress)
-        plan_sqnr, plan_acc = ev.evaluate(base, progress=progress)
+        plan_sqnr, plan_acc = ev.set_reference("plan", base, progress=progress)
         done += 1
         progress.update(done, total, "measuring the plan")
         results: dict[str, list] = {g.name: [math.inf, plan_sqnr, ev.float_accuracy, plan_acc] for g in groups}
-        # all "only float" variants first, then all "only quantized" ones: each set shares a session
-        for slot, variant, label in ((1, _variant_only_float, "kept float"), (0, _variant_only_quantized, "alone")):
+        nothing = QuantGroup("", "", [])
+        # all "only float" variants first, then all "only quantized" ones: each set shares a session,
+        # and each variant runs from the last cut before its group, on its reference's kept tensors
+        for slot, variant, label, ref in ((1, _variant_only_float, "kept float", "plan"),
+                                          (0, _variant_only_quantized, "alone", "float")):
+            if ref == "float" and active:
+                ev.set_reference("float", *variant(index, base, nothing), progress=progress)
             for g in active:
                 check_cancel(progress)
                 enc, passthrough = variant(index, base, g)
-                sqnr, acc = ev.evaluate(enc, passthrough, progress=progress)
+                sqnr, acc = ev.evaluate(enc, passthrough, progress=progress, reference=ref)
                 results[g.name][slot], results[g.name][slot + 2] = sqnr, acc
                 done += 1
                 progress.update(done, total, f"{g.name} {label}")

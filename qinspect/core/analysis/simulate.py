@@ -14,6 +14,7 @@ biases derived from input x weight scale where the encodings have none), float16
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -39,6 +40,11 @@ def quantizer_kind(enc: Encoding | None) -> str:
     """"int", "fp16" or "none": the three shapes a quantizer position can take in a graph."""
     if enc is None:
         return "none"
+    return _kind(enc)
+
+
+@functools.lru_cache(maxsize=4096)  # called for every position on every variant of a search
+def _kind(enc: Encoding) -> str:
     if enc.is_float:
         return "fp16" if enc.bw == 16 else "none"
     qp = onnx_qparams(enc)
@@ -126,6 +132,9 @@ class Simulator:
             n.output[0] for n in main.node if n.op_type == "Constant" and n.output}
         self._structure = None
         self._overrides: dict[str, np.ndarray] = {}
+        self._quantized: dict[str, tuple] = {}  # constant -> (encoding, its fake-quantized value): the last one
+        self._qparams: dict[tuple, dict] = {}  # (position, encoding) -> its parameter feeds
+        self.model: onnx.ModelProto | None = None  # the simulation graph (segments are cut from it)
         self.set_encodings(encodings)
 
     def close(self) -> None:
@@ -194,6 +203,7 @@ class Simulator:
         renames = insert_blocks(model, blocks, names)
         self._read_as = {n: renames.get(n, n) for n in self.names}
         expose(model, index, self.names, self._read_as)
+        self.model = model
         if model.ByteSize() >= _TWO_GB and self._workdir is None:
             self._workdir = tempfile.mkdtemp(prefix="qinspect-sim-")
         self._session = make_session(model, self.providers, self._workdir, label)
@@ -241,39 +251,54 @@ class Simulator:
         for name, enc in positions.items():
             if quantizer_kind(enc) != "int":
                 continue
-            p = PARAM + name + "::"
-            if passthrough and self.index.encoding_source(name) in passthrough:
-                feeds.update({p + "scale": np.array(PASS_SCALE), p + "zp": np.array(0, np.float32),
-                              p + "qmin": np.array(-PASS_BOUND), p + "qmax": np.array(PASS_BOUND)})
-                continue
-            qp = onnx_qparams(enc)
-            shape = ()
-            if qp.axis is not None:
-                rank = len(self.index.tensors[name].shape or ())
-                shape = [1] * rank
-                shape[qp.axis] = qp.scale.size
-            feeds[p + "scale"] = qp.scale.astype(np.float32).reshape(shape)
-            feeds[p + "zp"] = qp.zero_point.astype(np.float32).reshape(shape)
-            feeds[p + "qmin"] = np.array(qp.qmin, np.float32)
-            feeds[p + "qmax"] = np.array(qp.qmax, np.float32)
+            through = bool(passthrough) and self.index.encoding_source(name) in passthrough
+            key = (name, None if through else enc)
+            if key not in self._qparams:  # cached: sensitivity and search set thousands of variants
+                self._qparams[key] = self._block_feeds(name, None if through else enc)
+            feeds.update(self._qparams[key])
         for name in self._constants():
             enc = encodings.get(name)
             if name in self._inputs and enc is not None and not (enc.is_float and enc.bw == 32):
                 feeds[name] = self._constant(name, enc)
         return feeds
 
+    def _block_feeds(self, name: str, enc: Encoding | None) -> dict[str, np.ndarray]:
+        """A fake quantizer's parameters; `enc` None: the identity ones (see `set_encodings`)."""
+        p = PARAM + name + "::"
+        if enc is None:
+            return {p + "scale": np.array(PASS_SCALE), p + "zp": np.array(0, np.float32),
+                    p + "qmin": np.array(-PASS_BOUND), p + "qmax": np.array(PASS_BOUND)}
+        qp = onnx_qparams(enc)
+        shape = ()
+        if qp.axis is not None:
+            rank = len(self.index.tensors[name].shape or ())
+            shape = [1] * rank
+            shape[qp.axis] = qp.scale.size
+        return {p + "scale": qp.scale.astype(np.float32).reshape(shape),
+                p + "zp": qp.zero_point.astype(np.float32).reshape(shape),
+                p + "qmin": np.array(qp.qmin, np.float32), p + "qmax": np.array(qp.qmax, np.float32)}
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The parameter and constant feeds of the current encodings (read only)."""
+        return self._feeds
+
     def set_constant(self, name: str, value: np.ndarray) -> None:
         """Use `value` for a main-graph weight or bias from now on (quantized with its encoding, as
         the index's value would be): PTQ steps try new weights and biases without a new session."""
         self._overrides[name] = np.asarray(value)
+        self._quantized.pop(name, None)
         if name in self._inputs and name in self._feeds:
             self._feeds[name] = self._constant(name, self.encodings.get(name))
 
     def _constant(self, name: str, enc: Encoding | None) -> np.ndarray:
-        value = self._overrides[name] if name in self._overrides else self.index.quantized_value(name)
-        # asarray: a 0-d constant (a scale, an epsilon) would come back as a numpy scalar, which
-        # onnxruntime refuses as a feed.
-        return np.asarray(fake_quantize(value, enc), dtype=value.dtype)
+        cached = self._quantized.get(name)
+        if cached is None or cached[0] != enc:
+            value = self._overrides[name] if name in self._overrides else self.index.quantized_value(name)
+            # asarray: a 0-d constant (a scale, an epsilon) would come back as a numpy scalar, which
+            # onnxruntime refuses as a feed.
+            cached = self._quantized[name] = (enc, np.asarray(fake_quantize(value, enc), dtype=value.dtype))
+        return cached[1]
 
     def constant_value(self, name: str) -> np.ndarray:
         """The value a weight or bias takes in the simulation (and the export)."""
