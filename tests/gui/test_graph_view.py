@@ -259,3 +259,29 @@ def test_every_node_has_its_own_cell_below_its_inputs(inputs):
     assert len(set(cells.values())) == len(names)
     for n, ps in preds.items():
         assert all(cells[p][1] < cells[n][1] for p in ps)
+
+
+LAYOUT_STRESS = '''
+import json, random, sys
+from qinspect.gui.graph_layout import layered_layout
+rng = random.Random(3)
+for trial in range(10_000):
+    n = rng.randint(1, 40)
+    inputs = [[rng.randint(0, 10_000) for _ in range(rng.randint(0, 3))] for _ in range(n)]
+    names = [f"n{i}" for i in range(n)]
+    print(json.dumps(inputs), flush=True)
+    layered_layout(names, {names[i]: [names[k % i] for k in ks] for i, ks in enumerate(inputs) if i and ks})
+'''
+
+
+def test_ten_thousand_random_layouts_do_not_crash_the_process():
+    """igraph 1.0.0's own layering corrupted memory: this sequence killed the process (SIGSEGV) at
+    layout 9,219 until the layers were computed here. In a child process, so a crash fails the test
+    instead of ending the run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", LAYOUT_STRESS], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, (done.returncode, done.stdout.splitlines()[-1:])
