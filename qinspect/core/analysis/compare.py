@@ -403,7 +403,9 @@ class Comparer:
     - re-quantizes only the weights and biases whose encoding changed (numpy, no session run);
     - recomputes local SQNRs only for changed activations (numpy on the cached float values);
     - re-runs the quantized model on the cached inputs and recomputes the end-to-end errors of the
-      tensors downstream of a change (upstream tensors cannot be affected, so theirs are reused);
+      tensors downstream of a change (upstream tensors cannot be affected, so theirs are reused).
+      Only the graph from the last cut point before the first changed quantizer runs: the last
+      run's tensors at the cut points (`segments`, within `KEPT_BUDGET`) stand in for the rest;
     - keeps its onnxruntime session when every changed tensor stays of the same kind (integer of
       any bitwidth, float16 or float32): only the fed scales, zero points and weights change. A
       change of kind, or of a constant inside a control-flow subgraph, rebuilds the session.
@@ -432,6 +434,10 @@ class Comparer:
         self.samples = done
         self._downstream = _downstream_map(index)
         self._sim: Simulator | None = None
+        self._segments = None      # cut points of the simulation graph (see `segments`)
+        self._kept: list[dict] | None = None  # per batch: the last run's tensors at the cuts
+        self._allowed: set[int] = set()  # the cuts whose tensors are kept (within KEPT_BUDGET)
+        self._kept_feeds: dict = {}  # the feeds that run had
         self._encodings: dict[str, Encoding] = {}
         self._tensors: dict[str, TensorError] = {}
         self._constants: dict[str, TensorError] = {}
@@ -473,12 +479,31 @@ class Comparer:
                    [n for n in self.outputs if n in affected])
         progress.update(0, self.samples, "running the quantized model")
         done = 0
+        cut, kept = None, []
         if affected:
-            for (count, feeds, labels), f in zip(self._batches, self._float):
+            segments = self._segments_for(rebuilt)
+            if segments is not None and self._kept is not None and not rebuilt:
+                moved = [k for k, v in self._sim.feeds.items() if self._kept_feeds.get(k) is not v]
+                moved += [k for k in self._kept_feeds if k not in self._sim.feeds]
+                cut = segments.cut_for(moved, self._allowed) if moved else None
+            for i, ((count, feeds, labels), f) in enumerate(zip(self._batches, self._float)):
                 check_cancel(progress)  # a cancelled update changes nothing: state is set below
-                run.add(f, dict(zip(affected, self._sim.run(feeds, affected))), count, labels)
+                values = self._run_batch(segments, cut, i, feeds)
+                kept.append(values)
+                run.add(f, {n: values[self._sim._read_as[n]] for n in affected}, count, labels)
                 done += count
                 progress.update(done, self.samples, "running the quantized model")
+            if segments is not None:
+                if self._kept is None:  # the first run: which cuts' tensors the budget can keep
+                    self._allowed, room = set(), KEPT_BUDGET
+                    for c in reversed(segments.cuts):  # the latest first: most edits land late, and cheaply
+                        size = sum(v[t].nbytes for v in kept for t in segments.frontiers[c])
+                        if size <= room:
+                            self._allowed.add(c)
+                            room -= size
+                wanted = {t for c in self._allowed for t in segments.frontiers[c]}
+                self._kept = [{t: v[t] for t in wanted} for v in kept]
+                self._kept_feeds = self._sim.feeds
         tensors = {**self._tensors, **run.tensors()}
         comparison = _comparison(run, {n: tensors[n] for n in self.names}, dict(constant_errors),
                                  constants, self.samples, started)
@@ -492,8 +517,36 @@ class Comparer:
         self._encodings, self._tensors, self._constants = new, tensors, constant_errors
         self.comparison = comparison
         self.last_update = {"changed": sorted(changed), "rerun": affected, "rebuilt": rebuilt,
+                            "from_cut": cut, "nodes": len(self._segments.nodes) if self._segments else None,
                             "constants": constants}
         return comparison
+
+    def _segments_for(self, rebuilt: bool):
+        """The simulation graph's cut points (new after a rebuild), or None for a graph not cut."""
+        from .segments import Segments
+
+        if self._segments is None or rebuilt:
+            sim = self._sim
+            batch = max((c for c, _, _ in self._batches), default=1)
+            self._segments = Segments(sim.model, self.index, [sim._read_as[n] for n in self.wanted],
+                                      lambda m: make_session(m, self.providers, None, "a part of the simulation"),
+                                      batch=batch, refresh=True)
+            self._kept, self._allowed = None, set()
+        return self._segments if self._segments.cuts else None
+
+    def _run_batch(self, segments, cut, i, feeds) -> dict:
+        """One batch of the quantized model: whole, or from `cut` on the last run's kept tensors; by
+        the simulation graph's names, the kept tensors included."""
+        sim = self._sim
+        if segments is None:
+            names = [sim._read_as[n] for n in self.wanted]
+            return dict(zip(names, sim.run(feeds, self.wanted)))
+        if cut is None:
+            return segments.run_all({**feeds, **sim.feeds})
+        return {**self._kept[i], **segments.run_tail(cut, self._kept[i], {**feeds, **sim.feeds})}
+
+
+KEPT_BUDGET = 512 << 20  # bytes of the last run's tensors a Comparer keeps to re-run only a tail
 
 
 def _downstream_map(index):

@@ -36,9 +36,10 @@ class Segments:
     """Cut points of a simulation graph, their frontiers and (lazily) their tail sessions."""
 
     def __init__(self, model: onnx.ModelProto, index, outputs: list[str], make_session, *, cuts: int = MAX_CUTS,
-                 batch: int = 1):
+                 batch: int = 1, refresh: bool = False):
         graph = model.graph
         self.model, self.outputs, self._make_session = model, list(outputs), make_session
+        self.refresh = refresh
         self.nodes = list(graph.node)
         self.inputs = {vi.name for vi in graph.input}
         produced_at: dict[str, int] = {}
@@ -116,11 +117,16 @@ class Segments:
 
     def run(self, cut: int, kept: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs, running the tail from `cut` on `kept` frontier values and `feeds`."""
+        values = self.run_tail(cut, kept, feeds)
+        return [values[o] if o in values else kept[o] for o in self.outputs]
+
+    def run_tail(self, cut: int, kept: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What the tail from `cut` makes, by name: the outputs made there and, with `refresh`, the
+        later cuts' frontier tensors (so the run can serve as the next reference)."""
         session, names, own = self._tail(cut, kept)
         tail_feeds = {k: v for k, v in feeds.items() if k in names}
         tail_feeds.update({t: kept[t] for t in self.frontiers[cut] if t in names})
-        values = dict(zip(own, session.run(own, tail_feeds))) if own else {}
-        return [values[o] if o in values else kept[o] for o in self.outputs]
+        return dict(zip(own, session.run(own, tail_feeds))) if own else {}
 
     def _tail(self, cut: int, kept: dict[str, np.ndarray]):
         if cut not in self._sessions:
@@ -135,6 +141,11 @@ class Segments:
             inits = [t for t in graph.initializer if t.name in read]
             own = [o for o in self.outputs if o in made]
             outputs = [vi for vi in graph.output if vi.name in own]
+            if self.refresh:
+                later = [t for c in self.cuts if c > cut for t in self.frontiers[c] if t in made and t not in own]
+                own += list(dict.fromkeys(later))
+                outputs += [helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(later)]
+            outputs += [helper.make_empty_tensor_value_info(o) for o in own[:len(own)] if o not in {v.name for v in outputs}]
             tail = helper.make_graph(nodes, graph.name + f"_from_{cut}", inputs, outputs, initializer=inits)
             model = helper.make_model(tail, opset_imports=self.model.opset_import)
             model.ir_version = self.model.ir_version
