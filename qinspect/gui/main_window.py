@@ -255,6 +255,7 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         self.graph_panel.set_sqnr(sqnr)
         outputs = [o.sqnr_db for o in comparison.outputs.values()]
         self.pareto.set_current(min(outputs) if outputs else None)
+        self.pareto.set_labelled(comparison.accuracy_float is not None)
         self.errorUpdated.emit()
 
     def _select_tensors(self, names: list, primary: str = "") -> None:
