@@ -454,8 +454,8 @@ def _to_target(args, index, plan, stats, data, providers, progress):
                              max_accuracy_drop=args.max_accuracy_drop, candidates=cands,
                              samples=args.target_samples, batch_size=args.batch_size, providers=providers,
                              progress=progress)
-    except ValueError as exc:
-        raise _Usage(f"{args.data}: {exc}") from exc
+    except ValueError as exc:  # a candidate the target cannot run, or an accuracy target without labels
+        raise _Usage(("--candidates: " if str(exc).startswith("candidate") else f"{args.data}: ") + str(exc)) from exc
 
     def line(label, sqnr, acc, cost):
         top1 = "" if acc is None else f", top-1 {100 * acc:.1f}%"

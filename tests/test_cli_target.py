@@ -79,6 +79,7 @@ def test_a_target_the_candidates_cannot_meet_names_what_limits_it(files, tmp_pat
     (["--candidates", "int8"], "give two or more"),
     (["--candidates", "int8,int12"], "int12 unknown"),
     (["--max-accuracy-drop", "1"], "needs labels"),
+    (["--candidates", "int4,int8"], "--candidates: candidate int4: input: int4 activations do not run on qnn-htp"),
 ])
 def test_bad_target_options_exit_2(files, tmp_path, capsys, args, needle):
     folder, model, data, x = files
@@ -86,3 +87,31 @@ def test_bad_target_options_exit_2(files, tmp_path, capsys, args, needle):
     assert main(["calibrate", str(model), "--data", str(data), "-o", str(tmp_path / "e.json"), "-q",
                  "--target-samples", "4"] + target + args) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_max_accuracy_drop_on_labelled_data(tmp_path, capsys):
+    """The MobileNet-style example with per-tensor weights: all int8 is useless (a depthwise channel
+    hundreds of times wider than the rest); the search moves what it must to int16."""
+    from qinspect.gui.file_actions import EXAMPLE_DATA, EXAMPLE_MODEL
+
+    model = EXAMPLE_MODEL.with_name("digits_mobile.onnx")
+    enc, qdq = tmp_path / "enc.json", tmp_path / "q.onnx"
+    assert main(["calibrate", str(model), "--data", str(EXAMPLE_DATA), "-o", str(enc), "--no-per-channel",
+                 "--max-accuracy-drop", "1", "--target-samples", "200", "-q"]) == 0
+    err = capsys.readouterr().err
+    float_top1 = float(re.search(r"float\s+top-1 ([\d.]+)%", err).group(1))
+    all8 = float(re.search(r"all int8 .*?top-1 ([\d.]+)%", err).group(1))
+    chosen = float(re.search(r"chosen .*?top-1 ([\d.]+)%", err).group(1))
+    _, cost16 = printed(err, "all int16")
+    _, cost = printed(err, "chosen")
+    assert all8 < float_top1 - 50 and chosen >= float_top1 - 1 and cost < cost16
+    assert main(["export", str(model), "--encodings", str(enc), "--qdq", str(qdq), "-q"]) == 0
+    data = np.load(EXAMPLE_DATA)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(qdq), options, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": data["input"]})[0]
+    runtime = 100 * float((logits.argmax(1) == data["labels"]).mean())
+    print(f"\nmobile example, per-tensor weights, --max-accuracy-drop 1: float {float_top1:.1f}%, all int8 {all8:.1f}%, "
+          f"chosen {chosen:.1f}% at cost {cost:.2f} (all int16 {cost16:.2f}); exported QDQ in onnxruntime {runtime:.1f}%")
+    assert runtime >= float_top1 - 1.5

@@ -9,6 +9,10 @@ drop on the data, with all-cheapest and all-dearest beside it for scale.
    (bit operations) their move to the dearest candidate adds.
 3. The fewest groups, in that order, that moved together meet the target: a binary search over
    how many (log2 of the group count full runs; sensitivity's runs are partial, see `engine`).
+4. The dearest of the moved groups are tried back at the cheapest candidate, one at a time, and
+   left there where the target still holds.
+5. With few groups (`GREEDY_GROUPS`), the one-at-a-time Pareto search (`search.pareto_search`)
+   runs as well, and the cheaper of the two answers is taken.
 
 Moving groups together rather than one at a time matters where the error is spread over many
 groups whose errors partly cancel: there single moves measure as noise and a one-at-a-time
@@ -19,11 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..plan import PrecisionPlan, derive_encodings
+from ..plan import PrecisionPlan, derive_encodings, refusals
 from ..progress import NullProgress, Progress, check_cancel
 from .cost import cost_of_bits, op_macs, tensor_bits
 from .engine import OutputEvaluator
-from .search import ParetoPoint, _order, noise, plan_with
+from .search import ParetoPoint, _order, noise, pareto_search, plan_with
 from .sensitivity import QuantGroup, _variant_only_float, is_quantizing, promote_changes, quantizer_groups, sensitivity
 
 
@@ -115,6 +119,10 @@ def search_to_target(index, stats, plan: PrecisionPlan, data, *, target_sqnr: fl
             return floor is None or (point.accuracy is not None and point.accuracy >= floor - 1e-12)
 
         groups = quantizer_groups(index)
+        for c in cands:  # a candidate the target cannot run is refused before any search
+            problems = refusals(index, plan_with(plan, promote_changes(groups, c)))
+            if problems:
+                raise ValueError(f"candidate {c}: {problems[0]}")
         trials = _Trials(index, stats, plan, groups, cands, ev, progress)
         low = trials.measure(set(), f"all {cands[0]}")
         high = trials.measure({g.name for g in groups}, f"all {cands[-1]}")
@@ -128,7 +136,7 @@ def search_to_target(index, stats, plan: PrecisionPlan, data, *, target_sqnr: fl
             return result(True, low)
         if not meets(high):
             return result(False, high, _limits(index, stats, plan, high, groups, ev, progress))
-        order = _priority(index, stats, plan, groups, cands, ev, trials, low, progress)
+        order, added = _priority(index, stats, plan, groups, cands, ev, trials, low, progress)
         lo, hi, found = 1, len(order), high
         while lo < hi:  # the fewest groups in `order` that meet the target
             mid = (lo + hi) // 2
@@ -140,18 +148,24 @@ def search_to_target(index, stats, plan: PrecisionPlan, data, *, target_sqnr: fl
         if lo == len(order) and found is high:
             found = trials.measure(set(order), f"{lo} groups at {cands[-1]}")
             found = found if meets(found) else high
+        found = _prune(trials, found, added, meets)
+        if len(groups) <= GREEDY_GROUPS:  # few groups: the one-at-a-time search is affordable too
+            greedy = [q for q in pareto_search(index, stats, plan, None, candidates=cands, progress=progress,
+                                               evaluator=ev) if meets(q)]
+            found = min(greedy + [found], key=lambda q: q.cost)
         return result(True, found)
     finally:
         ev.close()
 
 
-def _priority(index, stats, plan, groups, cands, ev, trials, low, progress) -> list[str]:
-    """Group names, most noise removed per cost added first (see the module doc)."""
+def _priority(index, stats, plan, groups, cands, ev, trials, low, progress):
+    """Group names, most noise removed per cost added first (see the module doc), and the cost
+    each adds."""
     start = derive_encodings(index, stats, plan_with(plan, trials.changes(set())))
     entries = sensitivity(index, start, None, evaluator=ev, progress=progress)
     base = noise(low.output_sqnr)
     base_cost = low.cost
-    scored = []
+    scored, costs = [], {}
     for e in entries:
         if not e.quantized:
             continue
@@ -161,8 +175,36 @@ def _priority(index, stats, plan, groups, cands, ev, trials, low, progress) -> l
         enc = derive_encodings(index, stats, plan_with(plan, trials.changes({e.group.name})))
         added = max(trials.cost(enc)[1] - base_cost, 1e-12)
         scored.append((gain / added, e.score, e.group.name))
+        costs[e.group.name] = added
     scored.sort(key=lambda item: (-item[0], -item[1]))
-    return [name for _, _, name in scored]
+    return [name for _, _, name in scored], costs
+
+
+PRUNE = 24  # the dearest moved groups the last pass tries to move back
+GREEDY_GROUPS = 40  # up to this many groups, `search.pareto_search`'s plans are candidates too
+
+
+def _prune(trials, point: ParetoPoint, added: dict[str, float], meets) -> ParetoPoint:
+    """Move the dearest moved groups back to the cheapest candidate, one at a time, where the
+    target still holds: the prefix of a ranking can carry groups it did not need. Each try runs
+    only the graph downstream of its group (`OutputEvaluator.set_reference`)."""
+    cheap, dear_c = trials.cands[0], trials.cands[-1]
+    dear = {g for g, c in point.precisions.items() if c == dear_c}
+    ev = trials.ev
+    ev.set_reference("chosen", derive_encodings(trials.index, trials.stats, plan_with(trials.plan, point.changes)))
+    for g in sorted(dear, key=lambda n: -added.get(n, 0.0))[:PRUNE]:
+        check_cancel(trials.progress)
+        changes = trials.changes(dear - {g})
+        enc = derive_encodings(trials.index, trials.stats, plan_with(trials.plan, changes))
+        sqnr, acc = ev.evaluate(enc, progress=trials.progress, reference="chosen")
+        c, relative = trials.cost(enc)
+        trial = ParetoPoint(relative, c.param_bytes, sqnr, acc, changes, f"{len(dear) - 1} groups at {dear_c}",
+                            c.bit_ops, {n: dear_c if n in dear - {g} else cheap for n in point.precisions})
+        if meets(trial):
+            dear.discard(g)
+            point = trial
+            ev.set_reference("chosen", enc)
+    return point
 
 
 def _limits(index, stats, plan, point: ParetoPoint, groups: list[QuantGroup], ev, progress, top: int = 5):
