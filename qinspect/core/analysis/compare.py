@@ -17,6 +17,9 @@ few samples, so the GUI can re-run it after an edit: see `Comparer.update` for w
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -412,8 +415,9 @@ class Comparer:
     """
 
     def __init__(self, index, data, samples: int | None = 16, *, batch_size: int = 8, providers=None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, float_budget: int | None = None):
         self.index = index
+        self._spill = _Spill(FLOAT_BUDGET if float_budget is None else float_budget)
         self.providers = providers or ["CPUExecutionProvider"]
         progress = progress or NullProgress()
         self.names = _activation_names(index)
@@ -428,7 +432,7 @@ class Comparer:
         for count, feeds, labels in batches:
             check_cancel(progress)
             self._batches.append((count, feeds, labels))
-            self._float.append(_run_float(session, feeds, self.wanted))
+            self._float.append(self._spill.keep(_run_float(session, feeds, self.wanted)))
             done += count
             progress.update(done, batches.total, "running the float model")
         self.samples = done
@@ -447,6 +451,7 @@ class Comparer:
     def close(self) -> None:
         if self._sim is not None:
             self._sim.close()
+        self._spill.close()
 
     def update(self, encodings: dict[str, Encoding], changed=None, *,
                progress: Progress | None = None) -> Comparison:
@@ -547,6 +552,36 @@ class Comparer:
 
 
 KEPT_BUDGET = 512 << 20  # bytes of the last run's tensors a Comparer keeps to re-run only a tail
+FLOAT_BUDGET = 1 << 30  # bytes of float activations a Comparer holds in memory; the rest go to disk
+
+
+class _Spill:
+    """Arrays held in memory up to a budget, then written to a temporary folder and read back
+    memory-mapped (the page cache keeps the hot ones): a big model's float activations on 16
+    samples can be gigabytes."""
+
+    def __init__(self, budget: int):
+        self.budget, self.held, self.folder, self.spilled = budget, 0, None, 0
+
+    def keep(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, a in arrays.items():
+            if self.held + a.nbytes <= self.budget or a.nbytes == 0:
+                self.held += a.nbytes
+                out[name] = a
+                continue
+            if self.folder is None:
+                self.folder = tempfile.mkdtemp(prefix="qinspect-float-")
+            path = os.path.join(self.folder, f"{self.spilled}.npy")
+            np.save(path, a)
+            out[name] = np.load(path, mmap_mode="r")
+            self.spilled += 1
+        return out
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def _downstream_map(index):

@@ -225,3 +225,17 @@ def test_an_input_list_names_the_outputs_to_compare(tmp_path, capsys):
                  str(tmp_path / "list.txt"), "-q"]) == 0
     out = capsys.readouterr()
     assert "output conv2_relu_out: SQNR" in out.out and "the data names the outputs to compare" in out.err
+
+
+def test_float_activations_beyond_the_budget_are_kept_on_disk(cnn):
+    index, data, _, stats = cnn
+    encodings = derive_encodings(index, stats, PrecisionPlan())
+    in_memory = Comparer(index, data, samples=8).update(encodings)
+    comparer = Comparer(index, data, samples=8, float_budget=1000)  # bytes: nearly everything spills
+    spilled = comparer.update(encodings)
+    assert comparer._spill.spilled >= 3 and any(isinstance(v, np.memmap) for v in comparer._float[0].values())
+    for name, t in in_memory.tensors.items():
+        assert spilled.tensors[name].sqnr_db == pytest.approx(t.sqnr_db, rel=1e-12), name
+    folder = comparer._spill.folder
+    comparer.close()
+    assert not Path(folder).exists()
