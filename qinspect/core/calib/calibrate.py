@@ -17,7 +17,9 @@ outliers: see `diagnostics`) and per model output whose real shape contradicts i
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 import tempfile
 import threading
@@ -116,10 +118,16 @@ _POOL_LOCK = threading.Lock()
 
 def _stats_pool() -> tuple[ThreadPoolExecutor | None, int]:
     """Threads that share the statistics of a batch with the calibrating thread (one per extra
-    core, at most 3), created once and kept for the process."""
+    core, at most 3), created once and kept for the process; none on two cores or fewer.
+
+    On two cores a second statistics thread bought nothing: reading a batch's outputs is bound by
+    memory bandwidth, which one core fills, and the two threads' many short numpy calls then wait
+    for each other's GIL (the MobileNet-style benchmark's statistics took 3.4 ms per batch on two
+    threads, 3.0 on one). The second core is better spent reading the next batch of data ahead
+    (`_prefetched`), on the weights' statistics and on onnxruntime's own second thread."""
     global _POOL
     parts = min(os.cpu_count() or 1, 4)
-    if parts < 2:
+    if parts <= 2:
         return None, 1
     with _POOL_LOCK:
         if _POOL is None:
@@ -191,17 +199,147 @@ def _derivable(index, names: list[str], main_graph: set[str]) -> dict:
     return {y: d for y, d in scalar_affine(index, names).items() if y in main_graph and d.source in main_graph}
 
 
+def _prefetched(items, ahead: int = 1):
+    """Iterate `items` while a background thread makes the next ones: at most `ahead` of them beyond
+    the one the caller holds (the caller is done with an item when it asks for the next).
+
+    Calibration makes each batch here, in the background: its data are read (decoding images,
+    parsing raw files, generating random samples: mostly one core's work) and onnxruntime runs it
+    while the caller computes the statistics of the batch before (on one core, see `_stats_pool`).
+    Done in line, each of these left a core idle. Items come in order, and an error comes where its
+    item would have. Closing the iterator (the caller stops early: a cancel, an error) stops the
+    thread after the item it is making, and waits for it.
+    """
+    if (os.cpu_count() or 1) < 2:
+        yield from items
+        return
+    ready: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(ahead + 1)  # items alive at once: the caller's and those made ahead
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while True:
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    ready.put((False, None))
+                    return
+                ready.put((True, item))
+                del item
+        except BaseException as exc:  # handed to the caller, where the item would have been
+            ready.put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the source's own clean-up, in the thread that iterated it
+
+    items = iter(items)
+    thread = threading.Thread(target=produce, name="qinspect-data", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+            del item
+            slots.release()  # the caller asked for the next one: it is done with this one
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _runs(batches, session, outputs: list[str], source):
+    """(count, feeds, outputs) of every batch: `batches` run by onnxruntime. A failing batch raises
+    its DataError with the batch's feeds attached (`.feeds`), for the caller to find the culprit."""
+    for count, feeds in batches:
+        try:
+            values = _run(session, feeds, outputs, source)
+        except DataError as exc:
+            exc.feeds = feeds
+            raise
+        yield count, feeds, values
+        del values
+
+
+class _Background:
+    """`fn(*args, stop)` in a thread of its own, started at once; `result()` waits for it and returns
+    what it returned (or raises what it raised); `cancel()` sets `stop` and waits for it to see it."""
+
+    def __init__(self, fn, *args, name: str = "qinspect-background"):
+        self._stop = threading.Event()
+        self._out = self._exc = None
+
+        def run() -> None:
+            try:
+                self._out = fn(*args, self._stop)
+            except BaseException as exc:  # re-raised by result(), in the caller's thread
+                self._exc = exc
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _constant_stats(values: list, index, bins: int, stop: threading.Event):
+    """Exact statistics of weights and biases ((name, value) pairs) and their range warnings."""
+    from .diagnostics import range_warnings
+
+    constants = {}
+    for name, value in values:
+        if stop.is_set():
+            return None
+        constants[name] = TensorStats(bins)
+        constants[name].update(value)
+    return constants, range_warnings(constants, index)
+
+
+def _follow(partial: dict, values: dict, derived: dict, followers: dict, name: str, got) -> None:
+    """Update the tensors derived from `name` (see `derive`) from what its update saw, `got`, falling
+    back to reading one when the source held NaN/Inf (`got` is None) or it overflows. A plain loop:
+    a closure calling itself would be a reference cycle keeping the batch's outputs, and with them
+    onnxruntime's buffers, alive until the garbage collector runs (every batch then paid for fresh
+    memory: onnxruntime's run was 1.6x slower on the MobileNet-style benchmark)."""
+    todo = [(name, got)]
+    while todo:
+        source, got = todo.pop()
+        for follower in followers.get(source, ()):
+            rule, out = derived[follower], None
+            if got is not None and np.size(values[follower]) == got.count:
+                out = partial[follower].update_derived(got, rule.fn, rule.decreasing)
+            if out is None:
+                out = partial[follower].update(values[follower])
+            todo.append((follower, out))
+
+
 def _update(partial: dict, values: dict, derived: dict, pool, parts: int) -> None:
-    """Update every tensor's statistics with its batch: read ones on all cores, then derived ones
-    from their sources (falling back to reading when the source held NaN/Inf or the derived overflows)."""
-    read = [n for n in values if n not in derived]
-    seen = dict(zip(read, update_all([(partial[n], values[n]) for n in read], pool, parts)))
-    for name, rule in derived.items():
-        source = seen.get(rule.source)
-        got = None
-        if source is not None and np.size(values[name]) == source.count:
-            got = partial[name].update_derived(source, rule.fn, rule.decreasing)
-        seen[name] = got if got is not None else partial[name].update(values[name])
+    """Update every tensor's statistics with its batch: the tensors read (on the pool's threads too,
+    when there is a pool), then the ones derived from them, from what their sources' updates saw."""
+    followers: dict[str, list[str]] = {}
+    for name, rule in derived.items():  # graph order: a source comes before what is derived from it
+        if name in values:
+            followers.setdefault(rule.source, []).append(name)
+    reads = [n for n in values if n not in derived or derived[n].source not in values]
+    seen = update_all([(partial[n], values[n]) for n in reads], pool, parts)
+    for name, got in zip(reads, seen):
+        _follow(partial, values, derived, followers, name, got)
 
 
 def _declared_shape(vi) -> tuple | None:
@@ -270,68 +408,82 @@ def calibrate(
     done = 0
     progress.update(0, total, "starting")
     declared = {o.name: _declared_shape(o) for o in index.model.graph.output}
-    with tempfile.TemporaryDirectory(prefix="qinspect-") as workdir:
-        for g, group in enumerate(groups):
-            check_cancel(progress)
-            names = list(group)
-            while True:
-                session, read, refused = _session(index, names, providers, workdir)
-                for name, why in refused.items():
-                    skipped[name] = why
-                names = [n for n in names if n in read]
-                outputs = [read[n] for n in names] or [index.outputs[0]]
-                derived = _derivable(index, names, main_graph) if histogram_sample is not None else {}
-                partial: dict[str, TensorStats] = {}
-                before = done
-                feeds = None
-                try:
-                    for count, feeds in data.counted_batches(batch_size):
-                        check_cancel(progress)
-                        values = _run(session, feeds, outputs, source)
-                        batch = dict(zip(names, values))
-                        if g == 0:  # graph inputs come from the feeds, in the first pass only
-                            batch.update((name, feeds[name]) for name in inputs_to_track)
-                        for name in batch:
-                            if name not in partial:
-                                partial[name] = TensorStats(bins, histogram_sample)
-                        _update(partial, batch, derived, *_stats_pool())
-                        for name, value in zip(names, values):
-                            if name in declared and declared[name] is not None and not _warned(warnings, name):
-                                _check_shape(name, declared[name], np.shape(value), warnings)
-                        del values, batch
-                        done += count
-                        progress.update(min(done, total), total, f"pass {g + 1}/{len(groups)}")
-                except DataError as exc:
-                    inner = [n for n in names if n not in main_graph]
-                    if not inner or feeds is None:
-                        raise
-                    # A subgraph tensor onnxruntime cannot carry out (a loop tensor whose shape changes
-                    # between iterations): find which, calibrate the rest, and say which have no statistics.
-                    del session
-                    bad = _failing(index, inner, feeds, providers, workdir) or {n: ort_reason(exc) for n in inner}
-                    if _failing(index, [n for n in names if n not in bad], feeds, providers, workdir):
-                        raise  # the data fail the model itself
-                    for name, why in bad.items():
-                        skipped[name] = f"onnxruntime could not carry it out of its subgraph ({why})"
-                    names = [n for n in names if n not in bad]
-                    done = before
-                    continue
-                finally:
-                    session = None
-                stats.update(partial)
-                break
+    # Weights and biases do not depend on the data: their exact statistics (and range warnings) are
+    # made in the background while the first batches are read and run.
+    constants = [(name, index.initializer(name)) for name in list(index.weights()) + list(index.biases())]
+    weights_job = _Background(_constant_stats, constants, index, bins, name="qinspect-weights")
+    try:
+        with tempfile.TemporaryDirectory(prefix="qinspect-") as workdir:
+            for g, group in enumerate(groups):
+                check_cancel(progress)
+                names = list(group)
+                while True:
+                    session, read, refused = _session(index, names, providers, workdir)
+                    for name, why in refused.items():
+                        skipped[name] = why
+                    names = [n for n in names if n in read]
+                    outputs = [read[n] for n in names] or [index.outputs[0]]
+                    derived = _derivable(index, names, main_graph) if histogram_sample is not None else {}
+                    partial: dict[str, TensorStats] = {}
+                    before = done
+                    feeds = None
+                    try:
+                        # onnxruntime runs the next batch while this thread computes statistics, which
+                        # keeps two batches of outputs alive: when that would pass the memory budget,
+                        # only the data are read ahead and onnxruntime runs here.
+                        runs = _runs(_prefetched(data.counted_batches(batch_size)), session, outputs, source)
+                        if 2 * sum(_estimate_bytes(index.tensors.get(n), batch_size) for n in names) <= group_bytes:
+                            runs = _prefetched(runs)
+                        with contextlib.closing(runs) as ahead:
+                            for count, feeds, values in ahead:
+                                check_cancel(progress)
+                                batch = dict(zip(names, values))
+                                if g == 0:  # graph inputs come from the feeds, in the first pass only
+                                    batch.update((name, feeds[name]) for name in inputs_to_track)
+                                for name in batch:
+                                    if name not in partial:
+                                        partial[name] = TensorStats(bins, histogram_sample)
+                                _update(partial, batch, derived, *_stats_pool())
+                                for name, value in zip(names, values):
+                                    if name in declared and declared[name] is not None and not _warned(warnings, name):
+                                        _check_shape(name, declared[name], np.shape(value), warnings)
+                                del values, batch
+                                done += count
+                                progress.update(min(done, total), total, f"pass {g + 1}/{len(groups)}")
+                    except DataError as exc:
+                        feeds = getattr(exc, "feeds", feeds)  # the batch onnxruntime failed on
+                        inner = [n for n in names if n not in main_graph]
+                        if not inner or feeds is None:
+                            raise
+                        # A subgraph tensor onnxruntime cannot carry out (a loop tensor whose shape changes
+                        # between iterations): find which, calibrate the rest, and say which have no statistics.
+                        del session
+                        bad = _failing(index, inner, feeds, providers, workdir) or {n: ort_reason(exc) for n in inner}
+                        if _failing(index, [n for n in names if n not in bad], feeds, providers, workdir):
+                            raise  # the data fail the model itself
+                        for name, why in bad.items():
+                            skipped[name] = f"onnxruntime could not carry it out of its subgraph ({why})"
+                        names = [n for n in names if n not in bad]
+                        done = before
+                        continue
+                    finally:
+                        session = None
+                    stats.update(partial)
+                    break
+    except BaseException:
+        weights_job.cancel()  # stops after the tensor it is on
+        raise
     for name in exposed:
         s = stats.get(name)
         if name not in main_graph and name not in skipped and (s is None or (s.count == 0 and not s.nonfinite_count)):
             stats.pop(name, None)  # no values: an encoding from nothing would be wrong, so it stays float
             skipped[name] = ("never computed on the calibration data (its If branch was not taken or its loop ran "
                              "no iteration); it stays float")
-    constants = {name: TensorStats(bins) for name in list(index.weights()) + list(index.biases())}
-    update_all([(s, index.initializer(name)) for name, s in constants.items()], *_stats_pool())  # exact, on all cores
-    stats.update(constants)
     from .diagnostics import range_warnings
 
-    diagnostics = range_warnings(stats, index)
+    constants, constant_warnings = weights_job.result()
+    diagnostics = range_warnings(stats, index) + constant_warnings  # the order of `stats`: activations first
+    stats.update(constants)
     warnings.extend(d.message for d in diagnostics)
     return CalibrationResult(stats, samples, len(groups), time.perf_counter() - started, skipped,
                              histogram_sample=histogram_sample, warnings=warnings, diagnostics=diagnostics)

@@ -177,14 +177,16 @@ class TensorStats:
         clip = max(abs(self.lo), abs(self.hi)) > 1024.0 * (self.hi - self.lo)
         length = self.bins if clip else self.bins + 1
         # bincount on precomputed indices is about twice as fast as np.histogram.
+        # Indices go through int32: float32 -> int32 is one vector instruction, -> int64 is not
+        # (1.6 against 8.5 us for 16K values), and truncates the same way for indices this small.
         if x.size <= 2 * _BLOCK:
-            idx = ((x - lo) * scale).astype(np.intp)
+            idx = ((x - lo) * scale).astype(np.int32)
             if clip:
                 np.clip(idx, 0, top, out=idx)
             hist = np.bincount(idx, minlength=length)
         else:  # in blocks, with reused buffers: large temporaries cost more than the arithmetic
             buf = np.empty(_BLOCK, dtype=x.dtype)
-            idx = np.empty(_BLOCK, dtype=np.intp)
+            idx = np.empty(_BLOCK, dtype=np.int32)
             hist = np.zeros(length, dtype=np.int64)
             for i in range(0, x.size, _BLOCK):
                 part = x[i:i + _BLOCK]
