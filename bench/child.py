@@ -42,6 +42,19 @@ def _cpu_pressure_s() -> float | None:
         return None
 
 
+def _machine_cpu_s() -> float | None:
+    """CPU seconds every process on this machine has used (/proc/stat: user, nice, system, irq,
+    softirq, steal). Less this process's own, it says whether others took CPU during a measurement;
+    PSI alone cannot tell, and a method with more threads than cores makes PSI rise on its own."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -315,6 +328,7 @@ def main() -> None:
     baseline = _rss_mib()
     cpu0 = _cpu_s()
     stall0 = _cpu_pressure_s()
+    machine0 = _machine_cpu_s()
     load0 = os.getloadavg()[0]
     timings = {"_start": time.perf_counter()}
     if method == "plain":
@@ -337,10 +351,12 @@ def main() -> None:
     cpu = _cpu_s() - cpu0
     load = max(load0, os.getloadavg()[0])
     stall = None if stall0 is None else (_cpu_pressure_s() - stall0) / max(seconds, 1e-9)
+    others = None if machine0 is None else max(_machine_cpu_s() - machine0 - cpu, 0.0) / max(seconds, 1e-9)
     if "calibrate_s" in timings:
         seconds = timings["calibrate_s"]  # encodings are reported on their own
     out = {"method": method, "samples": spec["samples"], "seconds": seconds, "peak_mib": _peak_mib(),
-           "baseline_mib": baseline, "cpu_s": cpu, "loadavg": load, "cpu_stall": stall, "load_model_s": load_s, **timings, **extra}
+           "baseline_mib": baseline, "cpu_s": cpu, "loadavg": load, "cpu_stall": stall,
+           "other_cpu": others, "load_model_s": load_s, **timings, **extra}
     print(json.dumps(out))
 
 

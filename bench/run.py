@@ -79,7 +79,7 @@ def ort_chunk(info: dict, samples: int, batch: int, budget_mib: float) -> int | 
     return max(batch, int(budget_mib / per_sample) // batch * batch)
 
 
-BUSY = 0.15  # share of a measurement's time other tasks waited for a CPU (PSI) above which it is redone
+BUSY = 0.15  # cores other processes used on average during a measurement, above which it is redone
 
 
 def ok(r) -> bool:
@@ -87,7 +87,12 @@ def ok(r) -> bool:
 
 
 def busy(r) -> bool:
-    return ok(r) and (r.get("cpu_stall") or 0.0) > BUSY
+    """Other processes used the CPU during the measurement. Runs saved before `other_cpu` was
+    recorded fall back to PSI, which also counts a method's own threads waiting for each other."""
+    if not ok(r):
+        return False
+    others = r.get("other_cpu")
+    return (others if others is not None else r.get("cpu_stall") or 0.0) > BUSY
 
 
 def fmt(r: dict | None, key: str = "seconds", mark: bool = False) -> str:
@@ -177,7 +182,7 @@ def main(argv=None) -> int:
                             log(f"{'run ' + str(rep + 1) + ' ' if args.repeat > 1 else ''}{kind:<11} N={n:<5} "
                                 f"{LABELS[method].strip():<26} {fmt(r):>7} s  peak "
                                 f"{fmt(r, 'peak_mib') if ok(r) else '-':>8} MiB" + (f"  ({r['error']})" if not ok(r) else "")
-                                + (f"  (busy machine: CPU contention {r['cpu_stall']:.0%}, measuring again)"
+                                + (f"  (busy machine: other processes used {r.get('other_cpu') or 0:.2f} cores, measuring again)"
                                    if busy(r) and attempt < args.busy_retries else ""))
                             if not busy(r):
                                 break
@@ -266,10 +271,15 @@ def print_report(report: dict, results: dict, accuracy: dict, samples: list[int]
         print(f"  CPU contention (Linux PSI, share of each measurement's time some task waited for a CPU): "
               f"median {share:.0%}, max {max(stalls):.0%}"
               + ("  <- a busy machine: timings are noisy, try --repeat 2" if share > 0.25 else ""))
+    others = [r["other_cpu"] for ms in results.values() for by_n in ms.values() for r in by_n.values()
+              if ok(r) and r.get("other_cpu") is not None]
+    if others:
+        print(f"  Other processes (cores they used on average during a measurement): median {statistics.median(others):.2f}, "
+              f"max {max(others):.2f}")
     cols = "".join(f"{'N=' + str(n):>10}" for n in samples)
 
     print("\nWall time (s): setup (session, graph augmentation) + all batches; data generation included for all"
-          f"\n(* : other processes held the CPU for over {BUSY:.0%} of that measurement, even in its fastest run)")
+          f"\n(* : other processes used over {BUSY:.2f} of a core during that measurement, even in its fastest run)")
     print(f"{'model':<12}{'method':<28}{cols}")
     for kind, by_method in results.items():
         for i, method in enumerate(m for m in METHODS if m in by_method):
@@ -307,7 +317,7 @@ def print_report(report: dict, results: dict, accuracy: dict, samples: list[int]
 
     if accuracy:
         print_accuracy(accuracy)
-    return print_checks(results, samples, runs)
+    return print_checks(results, samples, runs, quick=bool(report.get("quick")))
 
 
 def print_accuracy(accuracy: dict) -> None:
@@ -401,10 +411,13 @@ def _cells(values: list) -> str:
     return " / ".join("-" if v is None else f"{v:.2f}x" for v in values)
 
 
-def print_targets(targets: list[dict], samples: list[int]) -> None:
+def print_targets(targets: list[dict], samples: list[int], quick: bool = False) -> None:
     print(f"\nCalibration targets (issue 15): qinspect's wall time against the named method's, N = "
           f"{' / '.join(map(str, samples))}, fastest run of each;\nper repeat: the range of the ratios of the runs "
           f"paired within each repeat (the measurement's spread); indented: context, not checked")
+    if quick:
+        print("(a --quick run: small models and a few batches of 0.1-0.4 s, where fixed costs and noise dominate;"
+              "\n the targets are for the full run)")
     for c in targets:
         spread = (f"   per repeat {min(c['per_repeat']):.2f}-{max(c['per_repeat']):.2f}x"
                   if len(c["per_repeat"]) > 1 else "")
@@ -414,7 +427,7 @@ def print_targets(targets: list[dict], samples: list[int]) -> None:
             print(f"{'':<20}{label:<42} {_cells(values)}")
 
 
-def print_checks(results: dict, samples: list[int], runs: dict | None = None) -> list[dict]:
+def print_checks(results: dict, samples: list[int], runs: dict | None = None, quick: bool = False) -> list[dict]:
     checks = []
     for kind, by_method in results.items():
         q = by_method.get("qinspect", {})
@@ -441,7 +454,7 @@ def print_checks(results: dict, samples: list[int], runs: dict | None = None) ->
                            "value": growth, "pass": growth < 0.10})
     targets = target_checks(results, runs or {}, samples)
     if targets:
-        print_targets(targets, samples)
+        print_targets(targets, samples, quick)
     print("\nChecks (design section 7)")
     for c in checks:
         value = c["value"]
