@@ -202,7 +202,7 @@ def sensitivity(index, encodings: dict[str, Encoding], data, *, samples: int | N
     try:
         done = 1
         check_cancel(progress)
-        plan_sqnr, plan_acc = ev.set_reference("plan", base, progress=progress)
+        plan_sqnr, plan_acc = ev.set_reference("plan", base, progress=progress, specialise=True)
         done += 1
         progress.update(done, total, "measuring the plan")
         results: dict[str, list] = {g.name: [math.inf, plan_sqnr, ev.float_accuracy, plan_acc] for g in groups}
@@ -212,14 +212,14 @@ def sensitivity(index, encodings: dict[str, Encoding], data, *, samples: int | N
         for slot, variant, label, ref in ((1, _variant_only_float, "kept float", "plan"),
                                           (0, _variant_only_quantized, "alone", "float")):
             if ref == "float" and active:
-                ev.set_reference("float", *variant(index, base, nothing), progress=progress)
-            for g in active:
-                check_cancel(progress)
-                enc, passthrough = variant(index, base, g)
-                sqnr, acc = ev.evaluate(enc, passthrough, progress=progress, reference=ref)
-                results[g.name][slot], results[g.name][slot + 2] = sqnr, acc
+                ev.set_reference("float", *variant(index, base, nothing), progress=progress, specialise=True)
+            def record(i: int, result, slot=slot, label=label) -> None:
+                nonlocal done
+                results[active[i].name][slot], results[active[i].name][slot + 2] = result
                 done += 1
-                progress.update(done, total, f"{g.name} {label}")
+                progress.update(done, total, f"{active[i].name} {label}")
+
+            ev.evaluate_all((variant(index, base, g) for g in active), ref, progress, record)
     finally:
         if own:
             ev.close()

@@ -1,7 +1,8 @@
 """Simulation of a plan in onnxruntime: the float model with a fake quantizer on every quantized tensor.
 
 The fake quantizer is ONNX's rule written with float ops,
-``(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale`` (Round rounds ties to even, as
+``(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale``, in the equal four-op form
+``clip(round(x / scale), qmin - zp, qmax - zp) * scale`` where it can (see `_short`) (Round rounds ties to even, as
 QuantizeLinear does; the division is float32, as in onnxruntime's kernel), so the simulation gives
 what the exported QDQ model computes without using its QuantizeLinear/DequantizeLinear kernels.
 Its parameters are graph inputs, and the quantized weights are fed in place of the float
@@ -51,6 +52,17 @@ def _kind(enc: Encoding) -> str:
     return "int" if qp is not None and qp.bw != 32 else "none"
 
 
+@functools.lru_cache(maxsize=4096)
+def _short(enc: Encoding) -> bool:
+    """Whether an integer quantizer can take the four-op form ``clip(round(x / scale), qmin - zp,
+    qmax - zp) * scale``: one zero point (Clip's bounds are scalars) and at most 16 bits. It is
+    exactly the six-op rule: round(x / scale) + zp is exact below 2^24 in float32, and above it
+    both forms clip to the same bound."""
+    qp = onnx_qparams(enc)
+    zp = np.asarray(qp.zero_point)
+    return qp.bw <= 16 and (zp.size <= 1 or bool((zp == zp.flat[0]).all()))
+
+
 def activation_positions(index, encodings: dict[str, Encoding]) -> dict[str, Encoding | None]:
     """Every activation quantizer as the exporter places it: targets, then per-tensor aliases with
     their source's encoding."""
@@ -81,11 +93,17 @@ def _external_folder(model: onnx.ModelProto, label) -> str | None:
     return None
 
 
-def make_session(model: onnx.ModelProto, providers, workdir: str | None, label: str) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto, providers, workdir: str | None, label: str,
+                 threads: int = 0, plain_qdq: bool = False) -> ort.InferenceSession:
+    """A session of `model`; `threads` > 0 sets onnxruntime's threads per run (0: its default);
+    `plain_qdq` runs QuantizeLinear/DequantizeLinear as they are, never fused into integer ops."""
     from ..calib.calibrate import runtime_problem
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    if plain_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     # Idle worker threads spin after each run by default, stealing the CPU from the numpy work
     # between runs (metrics, fake quantization): measured 2-3x slower comparisons with spinning.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -134,6 +152,9 @@ class Simulator:
         self._overrides: dict[str, np.ndarray] = {}
         self._quantized: dict[str, tuple] = {}  # constant -> (encoding, its fake-quantized value): the last one
         self._qparams: dict[tuple, dict] = {}  # (position, encoding) -> its parameter feeds
+        self._last_params: dict[str, tuple] = {}  # position -> (encoding object, pass-through, its feeds)
+        self._shapes: dict[str, tuple] = {}       # position -> (encoding object, its shape; see _shape_of)
+        self._constant_names: list[str] | None = None
         self.model: onnx.ModelProto | None = None  # the simulation graph (segments are cut from it)
         self.set_encodings(encodings)
 
@@ -145,13 +166,24 @@ class Simulator:
 
     # -- structure ---------------------------------------------------------------------------------
     def _structure_of(self, positions, encodings) -> tuple:
-        acts = tuple(sorted((n, quantizer_kind(e)) for n, e in positions.items()))
+        acts = tuple((n, *self._shape_of(n, e)) for n, e in positions.items())  # positions: index order
         baked = tuple(sorted((n, encodings.get(n)) for n in self._constants() if n not in self._main_consts))
         return acts, baked
 
+    def _shape_of(self, name: str, enc: Encoding | None) -> tuple[str, bool]:
+        """(quantizer_kind, four-op form) of a position, cached by the encoding object: variants
+        share their encodings, and hashing one (its scale tuples) thousands of times added up."""
+        hit = self._shapes.get(name)
+        if hit is None or hit[0] is not enc:
+            kind = quantizer_kind(enc)
+            hit = self._shapes[name] = (enc, (kind, kind == "int" and _short(enc)))
+        return hit[1]
+
     def _constants(self) -> list[str]:
-        existing = _existing(self.index)
-        return [n for n in self.index.weights() + self.index.biases() if n not in existing]
+        if self._constant_names is None:  # the index does not change under a simulator
+            existing = _existing(self.index)
+            self._constant_names = [n for n in self.index.weights() + self.index.biases() if n not in existing]
+        return self._constant_names
 
     def set_encodings(self, encodings: dict[str, Encoding], *, passthrough=()) -> bool:
         """Use `encodings` from now on; True if that needed a new session.
@@ -197,7 +229,7 @@ class Simulator:
         for name, enc in positions.items():
             kind = quantizer_kind(enc)
             if kind == "int":
-                blocks[name] = self._int_block(name, names, graph)
+                blocks[name] = self._int_block(name, names, graph, _short(enc))
             elif kind == "fp16" and elem_type(index, name) != TensorProto.FLOAT16:
                 blocks[name] = self._fp16_block(name, names)
         renames = insert_blocks(model, blocks, names)
@@ -210,9 +242,10 @@ class Simulator:
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._inputs |= {i.name for i in self._session.get_overridable_initializers()}
 
-    def _int_block(self, name, names, graph):
+    def _int_block(self, name, names, graph, short: bool):
         elem = elem_type(self.index, name)
-        p = {k: PARAM + name + "::" + k for k in ("scale", "zp", "qmin", "qmax")}
+        keys = ("scale", "lo", "hi") if short else ("scale", "zp", "qmin", "qmax")
+        p = {k: PARAM + name + "::" + k for k in keys}
         for k in p.values():
             graph.input.append(helper.make_tensor_value_info(k, TensorProto.FLOAT, None))
 
@@ -223,14 +256,22 @@ class Simulator:
                 nodes.append(helper.make_node("Cast", [src], [x], to=TensorProto.FLOAT))
             t = [names(f"{dst}_fq{i}") for i in range(5)]
             out = dst if elem == TensorProto.FLOAT else names(dst + "_fq")
-            nodes += [
-                helper.make_node("Div", [x, p["scale"]], [t[0]]),
-                helper.make_node("Round", [t[0]], [t[1]]),
-                helper.make_node("Add", [t[1], p["zp"]], [t[2]]),
-                helper.make_node("Clip", [t[2], p["qmin"], p["qmax"]], [t[3]]),
-                helper.make_node("Sub", [t[3], p["zp"]], [t[4]]),
-                helper.make_node("Mul", [t[4], p["scale"]], [out]),
-            ]
+            if short:  # four elementwise passes instead of six: most of a simulated graph's extra work
+                nodes += [
+                    helper.make_node("Div", [x, p["scale"]], [t[0]]),
+                    helper.make_node("Round", [t[0]], [t[1]]),
+                    helper.make_node("Clip", [t[1], p["lo"], p["hi"]], [t[2]]),
+                    helper.make_node("Mul", [t[2], p["scale"]], [out]),
+                ]
+            else:
+                nodes += [
+                    helper.make_node("Div", [x, p["scale"]], [t[0]]),
+                    helper.make_node("Round", [t[0]], [t[1]]),
+                    helper.make_node("Add", [t[1], p["zp"]], [t[2]]),
+                    helper.make_node("Clip", [t[2], p["qmin"], p["qmax"]], [t[3]]),
+                    helper.make_node("Sub", [t[3], p["zp"]], [t[4]]),
+                    helper.make_node("Mul", [t[4], p["scale"]], [out]),
+                ]
             if elem != TensorProto.FLOAT:
                 nodes.append(helper.make_node("Cast", [out], [dst], to=elem))
             return nodes
@@ -249,23 +290,29 @@ class Simulator:
     def _parameter_feeds(self, positions, encodings, passthrough=frozenset()) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         for name, enc in positions.items():
-            if quantizer_kind(enc) != "int":
+            kind, short = self._shape_of(name, enc)
+            if kind != "int":
                 continue
             through = bool(passthrough) and self.index.encoding_source(name) in passthrough
-            key = (name, None if through else enc)
-            if key not in self._qparams:  # cached: sensitivity and search set thousands of variants
-                self._qparams[key] = self._block_feeds(name, None if through else enc)
-            feeds.update(self._qparams[key])
+            last = self._last_params.get(name)
+            if last is None or last[0] is not enc or last[1] != through:
+                key = (name, None if through else enc, short)
+                if key not in self._qparams:  # cached: sensitivity and search set thousands of variants
+                    self._qparams[key] = self._block_feeds(name, None if through else enc, short)
+                last = self._last_params[name] = (enc, through, self._qparams[key])
+            feeds.update(last[2])
         for name in self._constants():
             enc = encodings.get(name)
             if name in self._inputs and enc is not None and not (enc.is_float and enc.bw == 32):
                 feeds[name] = self._constant(name, enc)
         return feeds
 
-    def _block_feeds(self, name: str, enc: Encoding | None) -> dict[str, np.ndarray]:
+    def _block_feeds(self, name: str, enc: Encoding | None, short: bool) -> dict[str, np.ndarray]:
         """A fake quantizer's parameters; `enc` None: the identity ones (see `set_encodings`)."""
         p = PARAM + name + "::"
         if enc is None:
+            if short:
+                return {p + "scale": np.array(PASS_SCALE), p + "lo": np.array(-PASS_BOUND), p + "hi": np.array(PASS_BOUND)}
             return {p + "scale": np.array(PASS_SCALE), p + "zp": np.array(0, np.float32),
                     p + "qmin": np.array(-PASS_BOUND), p + "qmax": np.array(PASS_BOUND)}
         qp = onnx_qparams(enc)
@@ -274,8 +321,12 @@ class Simulator:
             rank = len(self.index.tensors[name].shape or ())
             shape = [1] * rank
             shape[qp.axis] = qp.scale.size
-        return {p + "scale": qp.scale.astype(np.float32).reshape(shape),
-                p + "zp": qp.zero_point.astype(np.float32).reshape(shape),
+        scale = qp.scale.astype(np.float32).reshape(shape)
+        if short:
+            zp = float(np.asarray(qp.zero_point).flat[0])
+            return {p + "scale": scale, p + "lo": np.array(qp.qmin - zp, np.float32),
+                    p + "hi": np.array(qp.qmax - zp, np.float32)}
+        return {p + "scale": scale, p + "zp": qp.zero_point.astype(np.float32).reshape(shape),
                 p + "qmin": np.array(qp.qmin, np.float32), p + "qmax": np.array(qp.qmax, np.float32)}
 
     @property
