@@ -213,7 +213,7 @@ class LiveError(QObject):
             self._set_status("output SQNR: measuring…", "Running float and quantized on a few calibration samples")
 
         def job(progress):
-            from ..core.analysis.compare import Comparer
+            from ..core.analysis.live import Comparer
             from ..core.calib.data import open_data
 
             c = comparer

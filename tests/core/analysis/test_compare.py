@@ -7,7 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from qinspect.core.analysis.compare import Comparer, compare, sqnr_db
+from qinspect.core.analysis.compare import compare, sqnr_db
+from qinspect.core.analysis.live import Comparer
 from qinspect.core.calib.calibrate import calibrate
 from qinspect.core.calib.data import open_data
 from qinspect.core.quant.encoding import compute_encoding
