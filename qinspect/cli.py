@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-SUBCOMMANDS = ("calibrate", "export", "compare")
+SUBCOMMANDS = ("calibrate", "export", "compare", "merge")
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
 
 
@@ -92,7 +92,9 @@ def _calibrate_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="calibrate a model and write an overrides/encodings JSON")
     p.add_argument("model", help="the float ONNX model")
     p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
-    p.add_argument("-o", "--output", required=True, help="the encodings JSON to write")
+    p.add_argument("-o", "--output", help="the encodings JSON to write (needed unless --save-stats is given)")
+    p.add_argument("--save-stats", metavar="PART.qstats",
+                   help="also write the statistics, for qinspect merge to add up the shards of a calibration")
     p.add_argument("--scheme", choices=SCHEMES, default="tf")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--act-bw", type=int, default=8, choices=(4, 8, 16))
@@ -336,6 +338,8 @@ def run_calibrate(args) -> int:
     from .core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
     from .core.progress import NullProgress
 
+    if not args.output and not args.save_stats:
+        raise _Usage("give -o ENC.json (the encodings), --save-stats PART.qstats (a shard's statistics), or both")
     if args.samples is not None and args.samples < 1:
         raise _Usage("--samples must be at least 1")
     if args.batch_size < 1:
@@ -368,6 +372,9 @@ def run_calibrate(args) -> int:
     progress = NullProgress() if args.quiet else TerminalProgress()
     sample = None if args.exact_histograms else DEFAULT_HISTOGRAM_SAMPLE
     steps = _ptq_steps(args)
+    if steps and args.save_stats:
+        raise _Usage("--save-stats keeps the statistics of the model as it is: calibrate the shards without --ptq, "
+                     "merge them, then apply PTQ steps (in the window, or calibrate --ptq on the merged data)")
     records = []
     if "cle" in steps:  # data-free, and it changes the activations: before calibrating, so once is enough
         index, _ = _ptq_step(args, "cle", index, plan, {}, data, records, providers)
@@ -384,6 +391,19 @@ def run_calibrate(args) -> int:
                 "values were left out of its range",
                 file=sys.stderr,
             )
+    protect = [args.model] + ([args.overrides] if args.overrides else [])
+    if args.save_stats:
+        from .core.io.stats_file import StatsFile, fingerprint, save_stats
+
+        constants = [n for n in list(index.weights()) + list(index.biases()) if n in result.stats]
+        saved = save_stats(args.save_stats, StatsFile(args.model, fingerprint(index), args.target, result.samples,
+                                                      result.stats, constants, args.data, sample is not None),
+                           protect=protect)
+        if not args.quiet:
+            print(f"wrote {saved}: statistics of {result.samples} samples (qinspect merge adds shards up)",
+                  file=sys.stderr)
+        if not args.output:
+            return 0
     for step in steps:
         if step != "cle":
             index, _ = _ptq_step(args, step, index, plan, result.stats, data, records, providers)
@@ -399,7 +419,6 @@ def run_calibrate(args) -> int:
     for line in format_warnings(written, args.format):
         print(f"qinspect: warning: {line}", file=sys.stderr)
     kinds = {name: index.targets[name].kind for name in written}
-    protect = [args.model] + ([args.overrides] if args.overrides else [])
     out = write_overrides(args.output, written, kinds, args.format, quantizer_args(plan.defaults), protect=protect,
                           target=args.target)
     if args.model_out:
@@ -423,6 +442,44 @@ def run_calibrate(args) -> int:
         print(f"wrote {out}: {len(written)} encodings for target {args.target} from {result.samples} samples in "
               f"{result.seconds:.1f}s" + (f" ({left} bias encodings left out: the target derives them; "
                                            f"--bias-encodings writes them)" if left else ""), file=sys.stderr)
+    return 0
+
+
+def _merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="add up the statistics of calibration shards (calibrate --save-stats)")
+    p.add_argument("parts", nargs="+", metavar="PART.qstats")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.qinspect", help="the session to write (the app opens it)")
+    p.add_argument("--encodings", metavar="ENC.json", help="also write the encodings the merged statistics give "
+                   "(default settings of calibrate, the shards' target)")
+    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def run_merge(args) -> int:
+    from .core.io.session import Session, save_session
+    from .core.io.stats_file import fingerprint, merge_stats
+    from .core.plan import PrecisionPlan
+
+    merged = merge_stats(args.parts)
+    plan = PrecisionPlan(target=merged.target)
+    protect = list(args.parts) + [merged.model_path]
+    out = save_session(args.output, Session(merged.model_path, None, merged.stats, plan, {}, merged.samples),
+                       protect=protect)
+    if args.encodings:
+        from .core.io.overrides import file_encodings, quantizer_args, write_overrides
+        from .core.plan import derive_encodings
+        from .core.ptq.prepare import prepare_model
+
+        index = prepare_model(merged.model_path, target=merged.target)
+        if fingerprint(index) != merged.fingerprint:
+            raise _Usage(f"{merged.model_path} has changed since the shards were calibrated; calibrate them again")
+        written = file_encodings(index, derive_encodings(index, merged.stats, plan), target=merged.target,
+                                 version=args.format)
+        write_overrides(args.encodings, written, {n: index.targets[n].kind for n in written}, args.format,
+                        quantizer_args(plan.defaults), protect=protect + [args.output], target=merged.target)
+    if not args.quiet:
+        print(f"wrote {out}: statistics of {merged.samples} samples from {len(args.parts)} shards"
+              + (f", and {args.encodings}" if args.encodings else ""), file=sys.stderr)
     return 0
 
 
@@ -580,11 +637,13 @@ def main(argv=None) -> int:
     _calibrate_parser(sub)
     _export_parser(sub)
     _compare_parser(sub)
+    _merge_parser(sub)
     args = parser.parse_args(argv)
     from .core.errors import Cancelled, QInspectError
 
     try:
-        return {"calibrate": run_calibrate, "export": run_export, "compare": run_compare}[args.command](args)
+        return {"calibrate": run_calibrate, "export": run_export, "compare": run_compare,
+                "merge": run_merge}[args.command](args)
     except _Usage as exc:
         print(f"qinspect: {exc}", file=sys.stderr)
         return 2
