@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-SUBCOMMANDS = ("calibrate", "export", "compare", "merge")
+SUBCOMMANDS = ("calibrate", "export", "compare", "merge", "diff")
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
 
 
@@ -483,6 +483,57 @@ def run_merge(args) -> int:
     return 0
 
 
+def _diff_parser(sub) -> None:
+    p = sub.add_parser("diff", help="two encodings files side by side: per tensor and per output, with what differs")
+    p.add_argument("model", help="the float ONNX model")
+    p.add_argument("--a", required=True, metavar="ENC_A.json")
+    p.add_argument("--b", required=True, metavar="ENC_B.json")
+    p.add_argument("--b-model", metavar="MODEL_B.onnx", help="B's own model, where its weights differ (after QAT)")
+    p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
+    p.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
+    p.add_argument("--top", type=int, default=15, metavar="N", help="changed tensors listed in the text (default 15)")
+    _target_option(p)
+    _data_and_provider_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_diff(args) -> int:
+    import json
+
+    from .core.analysis.diff import diff
+    from .core.progress import NullProgress
+    from .core.ptq.prepare import prepare_model
+
+    index = _open_model(args)
+    index_b = prepare_model(args.b_model, args.target) if args.b_model else None
+    data = _open_data(args, index)
+    _check_providers(args.provider)
+    a = _read_encodings(args.a, index, args.target)
+    b = _read_encodings(args.b, index_b or index, args.target)
+    progress = NullProgress() if args.quiet or args.json else TerminalProgress()
+    result = diff(index, a, b, data, index_b=index_b, samples=args.samples, batch_size=args.batch_size,
+                  progress=progress, providers=args.provider or None)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0
+    print(f"A: {args.a}\nB: {args.b}" + (f" (model {args.b_model})" if args.b_model else "") + f"\n{result.samples} samples")
+    for name, (sa, sb) in result.outputs.items():
+        print(f"output {name}: SQNR A {sa:.1f} dB, B {sb:.1f} dB ({sb - sa:+.1f})")
+    if result.accuracy:
+        f, ta, tb = result.accuracy
+        print(f"top-1: float {f:.1%}, A {ta:.1%}, B {tb:.1%}")
+    changed = sorted((t for t in result.tensors if t.changed), key=lambda t: -abs(t.sqnr_change or 0.0))
+    print(f"{len(changed)} of {len(result.tensors)} tensors differ" + (":" if changed else ""))
+    for t in changed[:args.top]:
+        def show(s):
+            rng = "" if s.min is None else f" [{s.min:.4g}, {s.max:.4g}]"
+            return f"{s.encoding}{rng} {s.sqnr_db:.1f} dB" if s.sqnr_db is not None else s.encoding
+        print(f"  {t.name:<28} A {show(t.a):<36} B {show(t.b):<36} ({', '.join(t.changed)})")
+    return 0
+
+
 def _candidates(text: str) -> list[str]:
     from .core.analysis.sensitivity import PRECISIONS
 
@@ -638,12 +689,13 @@ def main(argv=None) -> int:
     _export_parser(sub)
     _compare_parser(sub)
     _merge_parser(sub)
+    _diff_parser(sub)
     args = parser.parse_args(argv)
     from .core.errors import Cancelled, QInspectError
 
     try:
         return {"calibrate": run_calibrate, "export": run_export, "compare": run_compare,
-                "merge": run_merge}[args.command](args)
+                "merge": run_merge, "diff": run_diff}[args.command](args)
     except _Usage as exc:
         print(f"qinspect: {exc}", file=sys.stderr)
         return 2
