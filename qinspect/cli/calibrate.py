@@ -24,6 +24,9 @@ def _calibrate_parser(sub) -> None:
                    help="symmetric tensors use the narrow grid (-127..127 at 8 bits), as AIMET's strict mode")
     p.add_argument("--unsigned-symmetric", action="store_true",
                    help="symmetric tensors that are never negative use the whole unsigned grid from 0")
+    p.add_argument("--pow2", choices=("round", "ceil", "floor"),
+                   help="power-of-two scales with zero point 0 (NNabla's pow2): the nearest power of two to the "
+                        "symmetric scale, the next one up (covers the range) or down (clips its ends)")
     p.add_argument("--overrides", help="a user overrides JSON applied on top of the defaults")
     p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
     p.add_argument("--samples", type=int, help="use at most N samples")
@@ -82,6 +85,7 @@ def run_calibrate(args) -> int:
         percentile=args.percentile,
         strict_symmetric=args.strict_symmetric,
         unsigned_symmetric=args.unsigned_symmetric,
+        pow2=args.pow2,
     )
     plan = PrecisionPlan(defaults, args.target)
     if args.overrides:

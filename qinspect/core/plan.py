@@ -14,6 +14,7 @@ import numpy as np
 from .quant.encoding import (
     FLOAT_BITWIDTHS,
     INT_BITWIDTHS,
+    POW2_ROUNDINGS,
     Encoding,
     compute_encoding,
     derived_bias,
@@ -46,6 +47,7 @@ class Defaults:
     symmetric_variant: str = "aimet"
     strict_symmetric: bool = False    # symmetric tensors use -127..127 at 8 bits (AIMET's strict mode)
     unsigned_symmetric: bool = False  # symmetric tensors that are never negative use the unsigned grid
+    pow2: str | None = None           # power-of-two scales for every integer tensor: round, ceil or floor
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TensorEdit:
     per_channel: bool | None = None
     percentile: float | None = None
     range: tuple[float, float] | None = None  # a fixed min/max, typed or dragged
+    pow2: str | None = None  # a power-of-two scale (round, ceil, floor); "off" overrides a default
     encoding: Encoding | None = None  # an exact encoding, e.g. read from a file; wins over all else
 
     def is_empty(self) -> bool:
@@ -81,6 +84,7 @@ class Settings:
     percentile: float
     range: tuple[float, float] | None
     encoding: Encoding | None
+    pow2: str | None = None
 
 
 def check_edit(name: str, edit: TensorEdit) -> list[str]:
@@ -97,6 +101,8 @@ def check_edit(name: str, edit: TensorEdit) -> list[str]:
         problems.append(f"{name}: scheme {edit.scheme!r} is not one of {SCHEMES}")
     if edit.percentile is not None and not 50 <= edit.percentile <= 100:
         problems.append(f"{name}: percentile {edit.percentile} must be between 50 and 100")
+    if edit.pow2 is not None and edit.pow2 not in POW2_ROUNDINGS + ("off",):
+        problems.append(f"{name}: power-of-two rounding {edit.pow2!r} is not one of {POW2_ROUNDINGS + ('off',)}")
     if edit.range is not None:
         lo, hi = edit.range
         if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -160,6 +166,10 @@ class PrecisionPlan:
         symmetric = symmetric if e.symmetric is None else e.symmetric
         if per_channel and kind == "weight":
             symmetric = True  # QNN: per-channel encodings are always symmetric
+        pow2 = d.pow2 if e.pow2 is None else e.pow2
+        pow2 = None if pow2 == "off" or kind == "bias" or dtype != "int" else pow2
+        if pow2 is not None:
+            symmetric = True  # zero point 0
         return Settings(
             bw=bw,
             dtype=dtype,
@@ -172,6 +182,7 @@ class PrecisionPlan:
             percentile=d.percentile if e.percentile is None else e.percentile,
             range=e.range,
             encoding=e.encoding,
+            pow2=pow2,
         )
 
     def to_dict(self) -> dict:
@@ -231,6 +242,7 @@ def _from_settings(s: Settings, lo, hi, defaults: Defaults, axis=None) -> Encodi
         variant=defaults.symmetric_variant,
         min_range=defaults.min_range,
         axis=axis,
+        pow2=s.pow2,
     )
 
 

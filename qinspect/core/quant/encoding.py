@@ -177,6 +177,9 @@ def _symmetric(lo, hi, bw: int, min_range: float, variant: str, strict: bool, un
     return _floor_scale(scale, min_range), offset.astype(np.int64)
 
 
+POW2_ROUNDINGS = ("round", "ceil", "floor")
+
+
 def compute_encoding(
     lo,
     hi,
@@ -188,6 +191,7 @@ def compute_encoding(
     variant: str = "aimet",
     min_range: str | float = "qnn",
     axis: int | None = None,
+    pow2: str | None = None,
 ) -> Encoding:
     """The integer encoding of the range [lo, hi] (scalars, or arrays with one value per channel).
 
@@ -195,7 +199,16 @@ def compute_encoding(
     enforced, and a mixed-sign range slides by less than half a step so that zero is on the grid.
     Symmetric encodings use `variant` (spec 1.7); `strict` and `unsigned` select AIMET's strict and
     unsigned symmetric modes.
+
+    `pow2` ("round", "ceil" or "floor", NNabla's pow2 scales for shift-only hardware) makes the
+    encoding symmetric (zero point 0) and its scale the power of two nearest to the symmetric
+    scale, the next one up (the grid covers the range) or the next one down (a finer grid that
+    clips the range's ends).
     """
+    if pow2 is not None:
+        if pow2 not in POW2_ROUNDINGS:
+            raise ValueError(f"unknown power-of-two rounding {pow2!r}; use one of {POW2_ROUNDINGS}")
+        symmetric = True
     if bw not in GRID_BITWIDTHS:
         raise ValueError(f"integer bitwidth must be one of {INT_BITWIDTHS}, not {bw}")
     if isinstance(min_range, str):
@@ -208,6 +221,9 @@ def compute_encoding(
         scale, offset = _tf(lo, hi, bw, min_range)
     scale = np.atleast_1d(scale)
     offset = np.atleast_1d(offset)
+    if pow2 is not None:
+        rounding = {"round": np.round, "ceil": np.ceil, "floor": np.floor}[pow2]
+        scale = np.exp2(rounding(np.log2(scale)))
     if axis is None and scale.size != 1:
         raise ValueError("a per-tensor encoding takes one range; pass axis for per-channel ranges")
     return Encoding(
