@@ -28,7 +28,7 @@ def _calibrate_parser(sub) -> None:
                    help="power-of-two scales with zero point 0 (NNabla's pow2): the nearest power of two to the "
                         "symmetric scale, the next one up (covers the range) or down (clips its ends)")
     p.add_argument("--overrides", help="a user overrides JSON applied on top of the defaults")
-    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
+    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0", "2.1.0"), default="0.6.1")
     p.add_argument("--samples", type=int, help="use at most N samples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--exact-histograms", action="store_true",

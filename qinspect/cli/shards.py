@@ -12,7 +12,7 @@ def _merge_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.qinspect", help="the session to write (the app opens it)")
     p.add_argument("--encodings", metavar="ENC.json", help="also write the encodings the merged statistics give "
                    "(default settings of calibrate, the shards' target)")
-    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0"), default="0.6.1")
+    p.add_argument("--format", choices=("0.6.1", "1.0.0", "2.0.0", "2.1.0"), default="0.6.1")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -112,7 +112,7 @@ class FileActionsMixin:
 
         if not self._can_export():
             return False
-        if only_edited and version == "2.0.0":
+        if only_edited and version in ("2.0.0", "2.1.0"):
             messages.notify(self, "warning", "Not exported", "A partial 2.0.0 file would make every tensor it leaves "
                             "out float (in 2.0.0 a missing entry means 'not quantized') and cannot state float "
                             "edits. Export all tensors in 2.0.0, or the edited ones in 1.0.0.")

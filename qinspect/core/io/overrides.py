@@ -1,4 +1,4 @@
-"""AIMET/QNN quantization-overrides JSON, versions 0.6.1 (default), 1.0.0 and 2.0.0 (spec section 3).
+"""AIMET/QNN quantization-overrides JSON, versions 0.6.1 (default), 1.0.0, 2.0.0 and 2.1.0 (spec section 3).
 
 Writers take derived encodings; the reader returns encodings by tensor name, checked against the
 model, for the plan to apply as a partial override (what the QNN converter does with such a file).
@@ -23,7 +23,10 @@ from ..quant.encoding import FLOAT_BITWIDTHS, Encoding, derived_bias, encoding_f
 from ..targets.profiles import get_target
 from .files import atomic_write, read_json
 
-VERSIONS = ("0.6.1", "1.0.0", "2.0.0")
+VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")
+# 2.1.0 is 2.0.0 plus double-quantized scales (a "meta encoding" as y_scale), which qinspect never
+# writes: its files are 2.0.0 files with another version number, and read alike.
+ONNX_ALIGNED = ("2.0.0", "2.1.0")
 DEFAULT_VERSION = "0.6.1"
 READ_BITWIDTHS = (4, 8, 16, 32)
 
@@ -88,7 +91,7 @@ def file_encodings(index, encodings: dict[str, Encoding], *, target=None, edited
     entry means "not quantized"."""
     edited = set(edited)
     keep_biases = get_target(target).bias_encodings if bias_encodings is None else bias_encodings
-    keep_biases = keep_biases or version == "2.0.0"
+    keep_biases = keep_biases or version in ONNX_ALIGNED
     out = {}
     for name, enc in encodings.items():
         if only_edited and name not in edited:
@@ -139,10 +142,10 @@ def overrides_dict(
     if version not in VERSIONS:
         raise OverridesError(f"unknown overrides version {version!r}; use one of {VERSIONS}")
     encodings = {n: _for_file(e) for n, e in encodings.items()}
-    if version == "2.0.0":
+    if version in ONNX_ALIGNED:
         # fp16/fp32 tensors get no entry: a missing entry means "not quantized" (spec 3.4).
         entries = [_entry_2_0_0(n, e) for n, e in encodings.items() if not e.is_float]
-        return {"version": "2.0.0", "producer": _producer(target), "encodings": entries}
+        return {"version": version, "producer": _producer(target), "encodings": entries}
     doc: dict = {"version": version, "producer": _producer(target)}
     if version == "0.6.1":
         doc["activation_encodings"], doc["param_encodings"] = {}, {}
@@ -173,12 +176,12 @@ def format_warnings(encodings: dict[str, Encoding], version: str) -> list[str]:
         out.append(f"0.6.1: QNN recomputes scale and offset from min/max over 2^bw - 1 steps, so strict symmetric "
                    f"tensors become ordinary symmetric ones there (qinspect and AIMET read the strict offset back); "
                    f"write 1.0.0 to keep them: {names(strict)}")
-    if strict and version == "2.0.0":
-        out.append(f"2.0.0 has no narrow range: strict symmetric tensors read back as ordinary symmetric ones "
+    if strict and version in ONNX_ALIGNED:
+        out.append(f"{version} has no narrow range: strict symmetric tensors read back as ordinary symmetric ones "
                    f"with the same scale: {names(strict)}")
     floats = [n for n, e in encodings.items() if e.is_float]
-    if floats and version == "2.0.0":
-        out.append(f"2.0.0 cannot state float: {len(floats)} float tensor(s) get no entry, which means 'not "
+    if floats and version in ONNX_ALIGNED:
+        out.append(f"{version} cannot state float: {len(floats)} float tensor(s) get no entry, which means 'not "
                    f"quantized', and QAIRT picks their float precision (float16 edits are not kept): {names(floats)}")
     return out
 
@@ -187,10 +190,10 @@ def write_overrides(path, encodings, kinds, version=DEFAULT_VERSION, quantizer_a
                     target: str | None = None, partial: bool = False) -> Path:
     """Write an overrides file atomically. `partial`: only some tensors (the edited ones), which 2.0.0
     cannot express: there a missing entry means "not quantized", not "the default"."""
-    if partial and version == "2.0.0":
-        raise OverridesError("a partial 2.0.0 file would make every tensor it leaves out float (in 2.0.0 a missing "
+    if partial and version in ONNX_ALIGNED:
+        raise OverridesError(f"a partial {version} file would make every tensor it leaves out float (in 2.0.0 a missing "
                              "entry means 'not quantized') and cannot state float edits; export all tensors in "
-                             "2.0.0, or the edited ones in 1.0.0")
+                             f"{version}, or the edited ones in 1.0.0")
     doc = overrides_dict(encodings, kinds, version, quantizer_args, target)
     return atomic_write(path, json.dumps(doc, indent=2) + "\n", protect=protect)
 
@@ -207,8 +210,6 @@ def detect_version(doc) -> str:
         version = str(version)
         if version in ("0.4.0", "0.5.0"):
             return "0.6.1"  # same layout, fewer keys
-        if version == "2.1.0":
-            return "2.0.0"
         if version not in VERSIONS:
             raise OverridesError(f"unknown version {version!r}; qinspect reads {VERSIONS}")
         return version
@@ -304,7 +305,9 @@ def _read_1_0_0(entry, axis_hint, problems) -> tuple[str, Encoding | None]:
         return name, _float(name, bw, problems)
     enc_type = entry.get("enc_type", "PER_TENSOR")
     if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
-        problems.append(f"{name}: enc_type {enc_type} is not supported yet (PER_TENSOR and PER_CHANNEL are)")
+        what = {"PER_BLOCK": "block-wise encodings (PER_BLOCK)", "LPBQ": "LPBQ encodings"}.get(enc_type, f"enc_type {enc_type}")
+        problems.append(f"{name}: {what} are not supported: qinspect runs per-tensor and per-channel grids; give "
+                        "this tensor a PER_CHANNEL encoding, or leave it out of the file")
         return name, None
     if not _int_bw_ok(name, bw, problems):
         return name, None
@@ -321,6 +324,11 @@ def _read_2_0_0(entry, problems) -> tuple[str, Encoding | None]:
     if not isinstance(name, str):
         problems.append(f"an entry has no name: {json.dumps(entry)[:80]}")
         return "", None
+    why = _blocked(entry)
+    if why:
+        problems.append(f"{name}: {why} are not supported: qinspect runs per-tensor and per-channel grids; "
+                        "give this tensor a per-channel encoding, or leave it out of the file")
+        return name, None
     dtype = str(entry.get("output_dtype", ""))
     signed = dtype.startswith("int")
     try:
@@ -350,6 +358,17 @@ def _read_2_0_0(entry, problems) -> tuple[str, Encoding | None]:
         problems.append(f"{name}: axis must be a whole number, got {axis!r}")
         return name, None
     return name, _scale_offset(name, bw, scales.tolist(), offsets.tolist(), symmetric, axis, problems)
+
+
+def _blocked(entry: dict) -> str | None:
+    """What kind of block-wise or double-quantized encoding a 2.0.0/2.1.0 entry is, or None."""
+    if isinstance(entry.get("y_scale"), dict):
+        return "double-quantized scales (a 2.1.0 meta encoding)"
+    if "per_block_int_scale" in entry:
+        return "LPBQ encodings (per_block_int_scale)"
+    if "block_size" in entry:
+        return f"block-wise encodings (block_size {entry['block_size']})"
+    return None
 
 
 def _float(name, bw, problems) -> Encoding | None:

@@ -58,7 +58,7 @@ def test_round_trip_every_version(tmp_path, index, encodings, version):
     path = write_overrides(tmp_path / f"enc_{version}.json", encodings, kinds(index, encodings), version)
     back, warnings = read_overrides(path, index)
     assert warnings == []
-    expected = {n: e for n, e in encodings.items() if not (version == "2.0.0" and e.is_float)}
+    expected = {n: e for n, e in encodings.items() if not (version in ("2.0.0", "2.1.0") and e.is_float)}
     assert set(back) == set(expected)
     for name, enc in expected.items():
         same(enc, back[name])
@@ -199,14 +199,14 @@ def test_strict_and_unsigned_symmetric_round_trip(tmp_path, index, strict_and_un
     for name in ("conv1.weight", "logits", "sig_out", "input"):
         a, b = enc[name], back[name]
         np.testing.assert_allclose(b.scale, a.scale, rtol=1e-9, err_msg=f"{version} {name}")
-        if version == "2.0.0" and a.strict:  # ONNX has no narrow range: the same grid plus one point
+        if version in ("2.0.0", "2.1.0") and a.strict:  # ONNX has no narrow range: the same grid plus one point
             assert set(b.offset) == {-128} and not b.strict
             continue
         assert (b.offset, b.strict) == (a.offset, a.strict), (version, name)
     warnings = format_warnings(enc, version)
     if version == "1.0.0":
         assert warnings == []
-    else:  # each of the other two says what it cannot carry
+    else:  # each of the others says what it cannot carry
         assert any("strict" in w and "conv1.weight" in w for w in warnings)
 
 
@@ -243,3 +243,37 @@ def test_2_0_0_keeps_the_bias_encodings_the_converter_would_otherwise_leave_floa
     kept = file_encodings(index, encodings, target="qnn-htp", version="2.0.0")
     left = file_encodings(index, encodings, target="qnn-htp", version="1.0.0")
     assert "conv1.bias" in kept and "conv1.bias" not in left
+
+
+def test_2_1_0_is_written_and_read_as_the_onnx_aligned_format(tmp_path, index, encodings):
+    path = write_overrides(tmp_path / "e.json", encodings, kinds(index, encodings), "2.1.0")
+    doc = json.loads(path.read_text())
+    assert doc["version"] == "2.1.0" and "encodings" in doc
+    assert doc["encodings"] == overrides_dict(encodings, kinds(index, encodings), "2.0.0")["encodings"]
+    back, _ = read_overrides(path, index)
+    for name, enc in encodings.items():
+        if not enc.is_float:
+            same(enc, back[name])
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"name": "conv1.weight", "output_dtype": "int4", "y_scale": [[0.1, 0.2]] * 4, "axis": 1, "block_size": 16},
+     "block-wise encodings (block_size 16)"),
+    ({"name": "conv1.weight", "output_dtype": "int4", "per_channel_float_scale": [[0.1]] * 4,
+      "per_block_int_scale": [[3, 4]] * 4, "axis": 1, "block_size": 16}, "LPBQ encodings"),
+    ({"name": "conv1.weight", "output_dtype": "int4", "y_scale": {"x": [3, 4], "x_scale": [0.1], "axis": 0}},
+     "double-quantized scales (a 2.1.0 meta encoding)"),
+])
+def test_block_and_lpbq_encodings_are_refused_with_the_fix(index, entry, why):
+    with pytest.raises(OverridesError) as err:
+        parse_overrides({"version": "2.1.0", "encodings": [entry]}, index)
+    assert why in str(err.value) and "conv1.weight" in str(err.value) and "per-channel" in str(err.value)
+
+
+@pytest.mark.parametrize("enc_type, why", [("PER_BLOCK", "block-wise encodings (PER_BLOCK)"), ("LPBQ", "LPBQ encodings")])
+def test_1_0_0_block_and_lpbq_entries_are_refused_with_the_fix(index, enc_type, why):
+    entry = {"name": "conv1.weight", "dtype": "INT", "enc_type": enc_type, "bw": 4, "is_sym": True,
+             "block_size": 16, "scale": [0.1] * 8, "offset": [-8] * 8}
+    with pytest.raises(OverridesError) as err:
+        parse_overrides({"version": "1.0.0", "activation_encodings": [], "param_encodings": [entry]}, index)
+    assert why in str(err.value) and "PER_CHANNEL" in str(err.value)
