@@ -149,6 +149,44 @@ class FileActionsMixin:
         )
         return True
 
+    def _ask_export_report(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export report", self._default_path(".html"),
+                                              "HTML reports (*.html);;All files (*)")
+        if path:
+            self.export_report(path)
+
+    def export_report(self, path, samples: int = 64) -> bool:
+        """Compare the project's encodings with the float model on the calibration data (a worker) and
+        write an HTML report: the target, the plan's edits, the PTQ steps, the errors per output and
+        tensor with histograms, and the sensitivity ranking when one was run (said to be the last)."""
+        from ..core.analysis.compare import compare
+        from ..core.calib.data import open_data
+        from ..core.io.report import write_report
+        from ..core.plan import PrecisionPlan
+
+        if not self._can_export():
+            return False
+        project = self.project
+        if not project.data_spec:
+            messages.notify(self, "warning", "No data", "The report measures the error on the calibration data: "
+                            "calibrate on a data file first.")
+            return False
+        index, encodings, target = project.index, dict(project.encodings), project.target
+        spec, options = project.data_spec, dict(project.data_options)
+        plan, steps = PrecisionPlan.from_dict(project.plan.to_dict()), list(project.steps)  # a snapshot
+        ranking = list(self.sensitivity.entries) or None
+        info = {"note": "as last run in the window (edits made since are not in it)"} if ranking else None
+
+        def job(progress):
+            with open_data(spec, index.inputs, **options) as data:
+                comparison = compare(index, encodings, data, samples=samples, progress=progress, target=target)
+            return write_report(path, comparison, protect=[index.path], model=index.path, data=str(spec),
+                                target=target, plan=plan, steps=steps, sensitivity=ranking, sensitivity_info=info,
+                                title=f"qinspect report: {Path(index.path or 'model').name}")
+
+        self._start(job, "report", lambda out: self._exported(str(out)), lambda: None)
+        return True
+
     def _can_export(self) -> bool:
         if self.project.index is None:
             messages.notify(self, "warning", "No model", "Open a model first.")

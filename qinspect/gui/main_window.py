@@ -152,6 +152,8 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         self.actionImportEncodings = self._action("actionImportEncodings", "&Import encodings…", self._ask_import, "Ctrl+I", file)
         self.actionExportEncodings = self._action("actionExportEncodings", "&Export encodings…", self._ask_export_encodings, "Ctrl+E", file)
         self.actionExportQdq = self._action("actionExportQdq", "Export &QDQ model…", self._ask_export_qdq, "Ctrl+Shift+E", file)
+        self.actionExportReport = self._action("actionExportReport", "Export &report (HTML)…", self._ask_export_report,
+                                               None, file)
         self.actionExportFloatModel = self._action("actionExportFloatModel", "Export &float model…",
                                                    self._ask_export_float_model, None, file)
         self.actionExportFloatModel.setToolTip("The float model as the target runs it, with the PTQ steps applied: "

@@ -158,6 +158,7 @@ def sensitivity_section(ranking, info: dict | None = None) -> list[str]:
     first = ranking[0] if ranking else None
     plan = info.get("plan_sqnr", first.plan_sqnr if first is not None else None)
     samples = f" on {info['samples']} samples" if "samples" in info else ""
+    samples += f", {info['note']}" if "note" in info else ""
     accuracy = any(e.only_quantized_accuracy is not None for e in ranking)
     acc_head = "<th>top-1 alone</th><th>top-1 kept float</th>" if accuracy else ""
     return ["<h2>Sensitivity</h2>",
@@ -170,11 +171,39 @@ def sensitivity_section(ranking, info: dict | None = None) -> list[str]:
             _sensitivity_rows(ranking), "</table>"]
 
 
+def plan_section(plan, steps=()) -> list[str]:
+    """The user's work: the precision plan's defaults and per-tensor edits, and the PTQ steps applied."""
+    d = plan.defaults
+    out = ["<h2>Precision plan</h2>",
+           f"<p>defaults: activations {d.act_bw}-bit {html.escape(d.act_scheme)}, weights {d.param_bw}-bit "
+           f"{html.escape(d.param_scheme)}{' per channel' if d.per_channel else ''}"
+           + (f", power-of-two scales ({html.escape(d.pow2)})" if d.pow2 else "") + "</p>"]
+    if plan.edits:
+        out.append("<table><tr><th>tensor</th><th>edit</th></tr>")
+        for name, e in plan.edits.items():
+            fields = ", ".join(f"{k} {v}" for k, v in e.__dict__.items() if v is not None and k != "encoding")
+            if e.encoding is not None:
+                fields = (fields + ", " if fields else "") + "a fixed encoding"
+            out.append(f"<tr><td><code>{html.escape(name)}</code></td><td>{html.escape(fields)}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>No per-tensor edits.</p>")
+    if steps:
+        out.append("<h2>PTQ steps</h2><ol>")
+        for r in steps:
+            notes = "; ".join(r.notes[:4])
+            out.append(f"<li>{html.escape(r.title)} ({r.seconds:.1f} s){': ' + html.escape(notes) if notes else ''}</li>")
+        out.append("</ol>")
+    return out
+
+
 def report_html(comparison, *, title: str = "qinspect: float vs quantized", model: str | None = None,
                 data: str | None = None, encodings_file: str | None = None, histograms: int = 6,
-                sensitivity=None, sensitivity_info: dict | None = None, target: str | None = None) -> str:
+                sensitivity=None, sensitivity_info: dict | None = None, target: str | None = None,
+                plan=None, steps=()) -> str:
     """`sensitivity`: a ranking from `sensitivity.sensitivity`, shown after the outputs when given.
-    With a runtime check in `comparison`, its output SQNRs stand next to the simulated ones."""
+    With a runtime check in `comparison`, its output SQNRs stand next to the simulated ones.
+    `plan` (and `steps`, StepRecords): the edits and PTQ steps behind the encodings (the window's report)."""
     c = comparison
     head = [f"<h1>{html.escape(title)}</h1>", "<p>"]
     for label, value in (("model", model), ("encodings", encodings_file), ("data", data), ("target", target)):
@@ -190,6 +219,8 @@ def report_html(comparison, *, title: str = "qinspect: float vs quantized", mode
     body = ["<h2>Model outputs</h2><table>", header.format(""), _rows(c.outputs.values(), False), "</table>"]
     if c.runtime is not None:
         body.append("<h2>Runtime check</h2><pre>" + html.escape("\n".join(c.runtime.lines())) + "</pre>")
+    if plan is not None:
+        body += plan_section(plan, steps)
     if sensitivity is not None:
         body += sensitivity_section(sensitivity, sensitivity_info)
     worst = c.worst()
