@@ -31,7 +31,7 @@ from . import messages
 
 MIXED = object()  # marker for a field whose value differs across the selection
 # Fields "apply to all ops of this type" copies; a typed range or imported encoding is per tensor.
-COPIED_FIELDS = ("bw", "dtype", "scheme", "symmetric", "strict", "unsigned", "per_channel", "percentile")
+COPIED_FIELDS = ("bw", "dtype", "scheme", "symmetric", "strict", "unsigned", "per_channel", "percentile", "pow2")
 ALL_FIELDS = COPIED_FIELDS + ("range", "encoding")
 PLURAL = {"activation": "activations", "weight": "weights", "bias": "biases"}
 
@@ -92,6 +92,12 @@ class PrecisionEditor(QWidget):
         self.unsigned_check.setToolTip("Unsigned symmetric: a tensor that is never negative uses the whole "
                                        "unsigned grid from 0 (AIMET's unsigned symmetric mode)")
         self.per_channel_check = QCheckBox("Per channel", objectName="perChannelCheck")
+        self.pow2_combo = QComboBox(objectName="pow2Combo")
+        for label, value in (("off", "off"), ("nearest", "round"), ("up (covers the range)", "ceil"),
+                             ("down (finer, clips)", "floor")):
+            self.pow2_combo.addItem(label, value)
+        self.pow2_combo.setToolTip("Power-of-two scale with zero point 0 (NNabla's pow2, for shift-only hardware): "
+                                   "the power of two nearest the symmetric scale, the next one up or down")
         validator = _NumberValidator(self)
         self.min_edit = QLineEdit(objectName="minEdit")
         self.max_edit = QLineEdit(objectName="maxEdit")
@@ -122,6 +128,7 @@ class PrecisionEditor(QWidget):
         refine.addWidget(self.strict_check)
         refine.addWidget(self.unsigned_check)
         form.addRow(refine)
+        form.addRow("Power of two", self.pow2_combo)
         form.addRow("Min", self.min_edit)
         form.addRow("Max", self.max_edit)
         buttons = QHBoxLayout()
@@ -138,6 +145,8 @@ class PrecisionEditor(QWidget):
         self.dtype_combo.currentIndexChanged.connect(self._on_dtype)
         self.bitwidth_combo.currentIndexChanged.connect(self._on_bitwidth)
         self.scheme_combo.currentIndexChanged.connect(self._on_scheme)
+        self.pow2_combo.currentIndexChanged.connect(
+            lambda i: self.pow2_combo.itemData(i) is not None and self._push(pow2=self.pow2_combo.itemData(i)))
         self.percentile_spin.valueChanged.connect(lambda v: self._push(percentile=float(v)))
         for box, field in ((self.symmetric_check, "symmetric"), (self.per_channel_check, "per_channel"),
                            (self.strict_check, "strict"), (self.unsigned_check, "unsigned")):
@@ -202,7 +211,7 @@ class PrecisionEditor(QWidget):
 
     # --- display ----------------------------------------------------------------------------
     def _controls(self):
-        return (self.dtype_combo, self.bitwidth_combo, self.scheme_combo, self.percentile_spin,
+        return (self.dtype_combo, self.bitwidth_combo, self.scheme_combo, self.percentile_spin, self.pow2_combo,
                 self.symmetric_check, self.strict_check, self.unsigned_check, self.per_channel_check, self.min_edit,
                 self.max_edit)
 
@@ -229,7 +238,7 @@ class PrecisionEditor(QWidget):
         if not names:
             self.selection_label.setText("No tensor selected")
             self.summary.setText("Select tensors in the table to edit their precision.")
-            for combo in (self.dtype_combo, self.bitwidth_combo, self.scheme_combo):
+            for combo in (self.dtype_combo, self.bitwidth_combo, self.scheme_combo, self.pow2_combo):
                 combo.setCurrentIndex(-1)
             self.min_edit.clear()
             self.max_edit.clear()
@@ -281,6 +290,11 @@ class PrecisionEditor(QWidget):
                             (self.unsigned_check, [s.unsigned for s in settings])):
             _show_check(box, _common(values))
             box.setEnabled(is_int and symmetric is True)
+
+        pow2 = _common(s.pow2 or "off" for s in settings)
+        self.pow2_combo.setCurrentIndex(-1 if pow2 is MIXED else self.pow2_combo.findData(pow2))
+        self.pow2_combo.setPlaceholderText("(mixed)")
+        self.pow2_combo.setEnabled(is_int and kinds != {"bias"})
 
         ranges = _common(e.range for e in edits)
         lo = hi = ""

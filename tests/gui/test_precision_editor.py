@@ -281,3 +281,17 @@ def test_strict_and_unsigned_symmetric_from_the_editor(editor, project, stack):
     stack.undo()
     stack.undo()
     assert project.plan.edited() == []
+
+
+def test_power_of_two_is_a_per_tensor_choice_and_undoable(editor, project, stack):
+    combo = child(editor, QComboBox, "pow2Combo")
+    editor.set_selection(["relu1_out"])
+    assert combo.currentData() == "off" and combo.isEnabled()
+    combo.setCurrentIndex(combo.findData("ceil"))
+    enc = project.encodings["relu1_out"]
+    assert np.log2(enc.scale[0]) == round(np.log2(enc.scale[0])) and project.plan.edit("relu1_out").pow2 == "ceil"
+    assert stack.can_undo
+    stack.undo()
+    assert project.plan.edit("relu1_out").pow2 is None and combo.currentData() == "off"
+    editor.set_selection(["conv1.bias"])
+    assert not combo.isEnabled()  # int32 biases follow input x weight scale
