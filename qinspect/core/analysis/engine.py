@@ -28,6 +28,9 @@ from .segments import Segments
 from .simulate import Simulator, make_session
 
 MEMORY_BUDGET = 1 << 30  # bytes of kept reference tensors, all references together
+# Each tail built for a reference holds its own copy of the weights it reads (constants, packed by
+# onnxruntime): beyond this many bytes of weights times cuts, references are not specialised.
+SPECIALISED_WEIGHTS_BUDGET = 2 << 30
 
 
 def output_sqnr(signal, noise) -> float:
@@ -164,6 +167,9 @@ class OutputEvaluator:
                 room -= size
         wanted = {t for c in cuts for t in segments.frontiers[c]}
         kept = [{t: v for t, v in b.items() if t in wanted} for b in kept_all]
+        if specialise:
+            weights = sum(sim.feeds[w].nbytes for w in segments.weights if w in sim.feeds)
+            specialise = weights * max(len(segments.cuts), 1) <= SPECIALISED_WEIGHTS_BUDGET
         self._references[key] = _Reference(dict(sim.feeds), kept, cuts, result, sim.rebuilds, specialise)
         return result
 

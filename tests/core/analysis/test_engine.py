@@ -127,3 +127,18 @@ def test_the_four_op_quantizer_is_the_six_op_rule(enc):
     with np.errstate(over="ignore", invalid="ignore"):
         want = ((np.clip(np.round(x / s) + zp, qp.qmin, qp.qmax) - zp) * s).astype(np.float32)
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_model_too_big_for_specialised_tails_runs_plain_ones(det, monkeypatch):
+    from qinspect.core.analysis import engine
+
+    index, data, base = det
+    groups, nothing = _variants(index, base)
+    monkeypatch.setattr(engine, "SPECIALISED_WEIGHTS_BUDGET", 0)
+    ev = OutputEvaluator(index, data, 6, batch_size=3)
+    try:
+        ev.set_reference("plan", base, specialise=True)
+        got = ev.evaluate_all((sens._variant_only_float(index, base, g) for g in groups[:5]), "plan")
+        assert all(r is not None for r in got) and not ev._segments._stripped
+    finally:
+        ev.close()
