@@ -149,6 +149,25 @@ class FileActionsMixin:
         )
         return True
 
+    def _ask_export_qat(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export for QAT: choose an empty folder", self.start_folder())
+        if folder:
+            self.export_qat_start(folder)
+
+    def export_qat_start(self, folder) -> bool:
+        """Write what a QAT run starts from into `folder` in a worker (core/io/qat.py): model.onnx,
+        encodings.json (1.0.0) and qat_plan.json with the frozen and float tensors marked."""
+        from ..core.io.qat import write_qat_start
+        from ..core.plan import PrecisionPlan
+
+        if not self._can_export():
+            return False
+        index, encodings = self.project.index, dict(self.project.encodings)
+        plan = PrecisionPlan.from_dict(self.project.plan.to_dict())
+        self._start(lambda progress: write_qat_start(folder, index, encodings, plan), "QAT export",
+                    lambda files: self._exported(str(folder)), lambda: None)
+        return True
+
     def _ask_export_report(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export report", self._default_path(".html"),
                                               "HTML reports (*.html);;All files (*)")

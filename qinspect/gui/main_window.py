@@ -154,6 +154,7 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         self.actionExportQdq = self._action("actionExportQdq", "Export &QDQ model…", self._ask_export_qdq, "Ctrl+Shift+E", file)
         self.actionExportReport = self._action("actionExportReport", "Export &report (HTML)…", self._ask_export_report,
                                                None, file)
+        self.actionExportQat = self._action("actionExportQat", "Export for Q&AT…", self._ask_export_qat, None, file)
         self.actionExportFloatModel = self._action("actionExportFloatModel", "Export &float model…",
                                                    self._ask_export_float_model, None, file)
         self.actionExportFloatModel.setToolTip("The float model as the target runs it, with the PTQ steps applied: "

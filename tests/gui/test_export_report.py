@@ -27,3 +27,17 @@ def test_the_report_needs_a_calibration(qtbot, window, messages, tmp_path):
     assert not window.export_report(tmp_path / "r.html")
     assert messages and "Calibrate" in messages[-1][2]
     assert not (tmp_path / "r.html").exists()
+
+
+def test_export_for_qat_writes_the_start_bundle(qtbot, window, tmp_path):
+    import json
+
+    assert window.findChild(object, "actionExportQat") is not None
+    with qtbot.waitSignal(window.calibrationFinished, timeout=WAIT):
+        assert window.calibrate(str(EXAMPLE_DATA))
+    window.project.apply_edit(["fc1_relu_out"], {"range": (0.0, 20.0)})
+    with qtbot.waitSignal(window.exportFinished, timeout=WAIT) as done:
+        assert window.export_qat_start(tmp_path / "qat")
+    assert done.args[0] is True
+    doc = json.loads((tmp_path / "qat" / "qat_plan.json").read_text())
+    assert doc["frozen"] == ["fc1_relu_out"] and (tmp_path / "qat" / "model.onnx").exists()
