@@ -21,6 +21,7 @@ the whole X screen (dialogs and tooltips included) into `docs/img/<W>x<H>/`:
     09_cle           after it: the same layer, before (dashed) and after, the status bar's change
     10_target        the bundled example again, Mixed precision: the front over int8/int16, then
                      "Meet target" at 45 dB (all int8 gives 37.6): the plan applied, the outcome
+    11_compare       the Compare panel: that plan (A) against an all-int8 file (B), differences marked
 
 With --model, only `01_open` and `06_graph` of that model are taken (no data needed), into
 `docs/img/<W>x<H>-<model name>/`.
@@ -197,6 +198,17 @@ def target_walk(window, shot, wait_for) -> None:
     wait_for(window.errorUpdated)
     window.table.select(["conv2_relu_out"])  # one of the activations it moved to 16 bits
     shot("10_target")
+    # Compare: the mixed plan (A) against all-int8 written by the command line (B)
+    import tempfile
+
+    from qinspect.cli import main as cli
+
+    b = Path(tempfile.mkdtemp(prefix="qinspect-shot-")) / "all_int8.json"
+    cli(["calibrate", str(EXAMPLE_MODEL), "--data", str(EXAMPLE_DATA), "-o", str(b), "-q"])
+    window._show_dock(window.compare_dock)
+    window.compare.compare_with(b)
+    wait_for(window.compare.compared)
+    shot("11_compare")
 
 
 def main(argv=None) -> int:

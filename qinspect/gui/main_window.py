@@ -38,6 +38,7 @@ from .file_actions import EXAMPLE_DATA, EXAMPLE_MODEL, FileActionsMixin
 from .ptq_actions import PtqActionsMixin
 from .graph_view import GraphPanel
 from .histogram import HistogramPanel
+from .compare_panel import ComparePanel
 from .pareto_panel import ParetoPanel
 from .precision_editor import PrecisionEditor
 from .sensitivity_panel import SensitivityPanel
@@ -194,7 +195,8 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         self._dock_actions = {}
         for dock, name, key in ((self.graph_dock, "actionShowGraph", "Ctrl+1"),
                                 (self.sensitivity_dock, "actionShowSensitivity", "Ctrl+2"),
-                                (self.pareto_dock, "actionShowPareto", "Ctrl+3")):
+                                (self.pareto_dock, "actionShowPareto", "Ctrl+3"),
+                                (self.compare_dock, "actionShowCompare", "Ctrl+4")):
             action = self._action(name, dock.windowTitle(), lambda _=False, d=dock: self._toggle_dock(d), key, view)
             action.setCheckable(True)
             action.setChecked(True)
@@ -208,19 +210,22 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         self.graph = self.graph_panel.view
         self.sensitivity = SensitivityPanel(self.project, self.stack, self._start)
         self.pareto = ParetoPanel(self.project, self.stack, self._start)
+        self.compare = ComparePanel(self.project, self._start)
         docks = []
         for widget, name, title in ((self.graph_panel, "graphDock", "Graph"),
                                     (self.sensitivity, "sensitivityPanel", "Sensitivity"),
-                                    (self.pareto, "paretoPanel", "Mixed precision")):
+                                    (self.pareto, "paretoPanel", "Mixed precision"),
+                                    (self.compare, "comparePanel", "Compare")):
             dock = QDockWidget(title, self)
             dock.setObjectName(name)
             dock.setWidget(widget)
             dock.setAllowedAreas(Qt.AllDockWidgetAreas)
             self.addDockWidget(Qt.BottomDockWidgetArea, dock)
             docks.append(dock)
-        self.graph_dock, self.sensitivity_dock, self.pareto_dock = docks
+        self.graph_dock, self.sensitivity_dock, self.pareto_dock, self.compare_dock = docks
         self.tabifyDockWidget(self.graph_dock, self.sensitivity_dock)
         self.tabifyDockWidget(self.sensitivity_dock, self.pareto_dock)
+        self.tabifyDockWidget(self.pareto_dock, self.compare_dock)
         self.graph_dock.raise_()
         self._dock_height: int | None = None  # the bottom panels' height as `_size_docks` left it
         self._docks_user_sized = False
