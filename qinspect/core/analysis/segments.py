@@ -7,15 +7,18 @@ of the whole graph keeps every frontier's values; a variant that differs from th
 in feeds read at or after cut k (one group's quantizers, in sensitivity or the search) then runs
 the tail alone, on the kept values: the same ops on the same numbers, a fraction of the work.
 
-Cuts are placed at equal shares of the graph's estimated work (multiply-accumulates, and the size
-of every other op's output). Tails are built when first used. Graphs with control flow (whose
-bodies read outer tensors by name) are not cut.
+Cuts are placed where changes start (the first readers of the quantizer parameters and weights),
+one at a time where each saves the most work between a change and the cut before it; a graph with
+no such inputs is cut at equal shares of its estimated work. Tails are built when first used.
+Graphs with control flow (whose bodies read outer tensors by name) are not cut.
 
-A reference may run fake quantizers as identities (sensitivity's all-float reference feeds every
-activation quantizer pass-through parameters). A variant that changes none of those beyond the
-tail's first segment (up to the next cut) runs on a *stripped* tail, where they are gone: the same
-numbers (an identity block returns its input exactly over the range in `Simulator.set_encodings`)
-for a fraction of the work, since the fake quantizers are most of a simulated graph's.
+A tail can also be built for one reference (`run(..., strip=...)`, sensitivity's plan and
+all-float references). Beyond the tail's first segment (up to the next cut) the reference's
+pass-through quantizers are removed (an identity block returns its input exactly, see
+`Simulator.set_encodings`), its fixed 8-bit quantizers become QuantizeLinear/DequantizeLinear pairs
+(`_as_qdq`), and its weights become constants onnxruntime can pack. A variant that changes none of
+those runs on it: the same numbers for a fraction of the work, since the fake quantizers and the
+fed weights are most of a simulated graph's cost.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ class Segments:
         self._sessions: dict[tuple, object] = {}  # (cut, single) -> (session, input names, what it makes)
         # graph inputs with an initializer: the weights the simulation feeds
         self.weights = {t.name for t in graph.initializer if t.name in self.inputs}
-        self._stripped: dict[tuple, tuple] = {}   # (cut, key, single) -> (token, stripped params, tail)
+        self._stripped: dict[tuple, tuple] = {}   # (cut, key, single) -> (token, inputs it fixes, tail)
         self.blocks = self._blocks()
         # A model with quantizers of its own keeps onnxruntime's QDQ fusions for them: ours are
         # then never written as QuantizeLinear/DequantizeLinear pairs, which would turn them off.
@@ -192,20 +195,11 @@ class Segments:
 
     def _stripped_tail(self, cut: int, kept, single: bool, key, token, reference: dict, changed):
         slot = (cut, key, single)
-        with self._lock:
+        with self._lock:  # built once per reference (`token`), whichever thread asks first
             entry = self._stripped.get(slot)
             if entry is None or entry[0] is not token:
-                entry = self._stripped[slot] = (token, threading.Lock(), None)
-        token, lock, made = entry
-        if made is None:
-            with lock:  # built once per reference, outside the shared lock: other tails go on
-                made = self._stripped[slot][2] if self._stripped.get(slot, (None,))[0] is token else None
-                if made is None:
-                    made = self._build_stripped(cut, kept, single, reference)
-                    with self._lock:
-                        if self._stripped.get(slot, (None,))[0] is token:
-                            self._stripped[slot] = (token, lock, made)
-        fixed, tail = made
+                entry = self._stripped[slot] = (token, *self._build_stripped(cut, kept, single, reference))
+        _, fixed, tail = entry
         if tail is None or any(name in fixed for name in changed):
             return None
         return tail

@@ -56,13 +56,13 @@ def test_stripped_and_parallel_tails_give_the_whole_simulations_numbers(det):
                 # Constant weights let onnxruntime use other convolution kernels (another summation
                 # order), which can move a value across a rounding boundary now and then.
                 assert a == pytest.approx(b, abs=0.05), g.name
-        stripped = [e for e in ev._segments._stripped.values() if e[2][1] is not None]
+        stripped = [e for e in ev._segments._stripped.values() if e[2] is not None]  # (token, fixed, tail)
         assert stripped, "no stripped tail was used"
         # a stripped tail reads none of the quantizer parameters it dropped, nor its baked weights
-        for _, _, (fixed, (session, names, _)) in stripped:
+        for _, fixed, (session, names, _) in stripped:
             assert fixed and not (fixed & names)
         # the plan has no pass-through quantizers: what its tails fixed are 8-bit ones made Q/DQ pairs
-        assert any(key[1] == "plan" and any(p.startswith(PARAM) for p in e[2][0])
+        assert any(key[1] == "plan" and any(p.startswith(PARAM) for p in e[1])
                    for key, e in ev._segments._stripped.items() if e[2] is not None)
         assert ev.partial_runs >= len(groups)
     finally:
