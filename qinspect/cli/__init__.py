@@ -63,3 +63,8 @@ def main(argv=None) -> int:
     except QInspectError as exc:
         print(f"qinspect: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`qinspect diff ... | head`): nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0

@@ -68,3 +68,19 @@ def test_cli_diff_of_a_file_with_itself_finds_nothing_and_json_names_the_changes
     assert rows["conv1.weight"]["changed"] == []  # weights are 8-bit in both
     assert doc["outputs"][0]["b_sqnr_db"] > doc["outputs"][0]["a_sqnr_db"]
     assert doc["accuracy"]["float"] is not None
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`qinspect diff ... | head`: the closed pipe ends the command quietly, not with a traceback."""
+    import subprocess
+    import sys
+
+    model = str(RESOURCES / "digits_cnn.onnx")
+    assert main(["calibrate", model, "--data", str(RESOURCES / "digits_calib.npz"), "-o", str(tmp_path / "a.json"),
+                 "-q"]) == 0
+    cmd = [sys.executable, "-m", "qinspect.cli", "diff", model, "--a", str(tmp_path / "a.json"), "--b",
+           str(tmp_path / "a.json"), "--data", str(RESOURCES / "digits_test.npz"), "--samples", "8", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command prints (it loads and compares first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
