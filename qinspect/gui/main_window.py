@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QDeadlineTimer, Qt, QTimer, Signal
+from PySide6.QtCore import QDeadlineTimer, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -35,13 +35,10 @@ from ..core.project import Project
 from . import messages, settings
 from .error_panel import LiveError
 from .file_actions import EXAMPLE_DATA, EXAMPLE_MODEL, FileActionsMixin
+from .panels import PanelsMixin
 from .ptq_actions import PtqActionsMixin
-from .graph_view import GraphPanel
 from .histogram import HistogramPanel
-from .compare_panel import ComparePanel
-from .pareto_panel import ParetoPanel
 from .precision_editor import PrecisionEditor
-from .sensitivity_panel import SensitivityPanel
 from .target_bar import TargetBar, Verifier
 from .tensor_table import TensorTable
 from .widgets import ElidedLabel, took
@@ -49,11 +46,8 @@ from .workers import JobThread
 
 __all__ = ["MainWindow", "EXAMPLE_MODEL", "EXAMPLE_DATA"]
 
-DOCK_SHARE = 0.38  # of the window's height for the bottom panels (graph, sensitivity, search)
-DOCK_MIN = 260     # px
 
-
-class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
+class MainWindow(FileActionsMixin, PtqActionsMixin, PanelsMixin, QMainWindow):
     calibrationFinished = Signal(bool)  # True: new statistics applied; False: cancelled or failed
     ptqFinished = Signal(bool)  # True: a PTQ step's result was applied; False: refused, cancelled or failed
     exportFinished = Signal(bool, str)  # ok, path or error message
@@ -204,46 +198,6 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
             dock.visibilityChanged.connect(lambda _=False, d=dock, a=action: a.setChecked(not d.isHidden()))
         view.addSeparator()
         self.actionFitGraph = self._action("actionFitGraph", "&Fit the graph", self._fit_graph, "Ctrl+0", view)
-
-    def _build_panels(self) -> None:
-        self.graph_panel = GraphPanel(self.project)
-        self.graph = self.graph_panel.view
-        self.sensitivity = SensitivityPanel(self.project, self.stack, self._start)
-        self.pareto = ParetoPanel(self.project, self.stack, self._start)
-        self.compare = ComparePanel(self.project, self._start)
-        docks = []
-        for widget, name, title in ((self.graph_panel, "graphDock", "Graph"),
-                                    (self.sensitivity, "sensitivityPanel", "Sensitivity"),
-                                    (self.pareto, "paretoPanel", "Mixed precision"),
-                                    (self.compare, "comparePanel", "Compare")):
-            dock = QDockWidget(title, self)
-            dock.setObjectName(name)
-            dock.setWidget(widget)
-            dock.setAllowedAreas(Qt.AllDockWidgetAreas)
-            self.addDockWidget(Qt.BottomDockWidgetArea, dock)
-            docks.append(dock)
-        self.graph_dock, self.sensitivity_dock, self.pareto_dock, self.compare_dock = docks
-        self.tabifyDockWidget(self.graph_dock, self.sensitivity_dock)
-        self.tabifyDockWidget(self.sensitivity_dock, self.pareto_dock)
-        self.tabifyDockWidget(self.pareto_dock, self.compare_dock)
-        self.graph_dock.raise_()
-        self._dock_height: int | None = None  # the bottom panels' height as `_size_docks` left it
-        self._docks_user_sized = False
-        self.live_error.updated.connect(self._on_error_updated)
-        self.graph.tensorsSelected.connect(self._select_tensors)
-        self.sensitivity.tensorsActivated.connect(self._select_tensors)
-
-    def _show_dock(self, dock) -> None:
-        dock.show()
-        dock.raise_()
-
-    def _toggle_dock(self, dock) -> None:
-        """Show a closed panel, bring one behind a tab to the front, hide one in front."""
-        if dock.isHidden() or dock.visibleRegion().isEmpty():  # closed, or behind another tab
-            self._show_dock(dock)
-        else:
-            dock.hide()
-        self._dock_actions[dock].setChecked(not dock.isHidden())
 
     def _run_sensitivity(self) -> None:
         self._show_dock(self.sensitivity_dock)
@@ -540,36 +494,6 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, QMainWindow):
         deadline = QDeadlineTimer(ms)
         done = all(job.wait(deadline) for job in list(self.jobs))
         return self.live_error.wait(max(0, deadline.remainingTime())) and done
-
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
-        self._size_docks()
-
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        QTimer.singleShot(0, self._size_docks)  # docks are visible (measurable) from now on
-
-    def _size_docks(self) -> None:
-        """The bottom panels take a share of the window's height (more room for the graph on a big
-        screen) until the user drags their edge; from then on their height is the user's."""
-        dock = self._bottom_dock()
-        if dock is None or self._docks_user_sized:
-            return
-        if self._dock_height is not None and abs(dock.height() - self._dock_height) > 4:
-            self._docks_user_sized = True
-            return
-        self.resizeDocks([dock], [max(DOCK_MIN, int(self.height() * DOCK_SHARE))], Qt.Vertical)
-        QTimer.singleShot(0, self._note_dock_height)  # the layout applies it later
-
-    def _note_dock_height(self) -> None:
-        dock = self._bottom_dock()
-        self._dock_height = dock.height() if dock is not None else None
-
-    def _bottom_dock(self):
-        for dock in (self.graph_dock, self.sensitivity_dock, self.pareto_dock):
-            if dock.isVisible() and not dock.isFloating() and self.dockWidgetArea(dock) == Qt.BottomDockWidgetArea:
-                return dock
-        return None
 
     def closeEvent(self, event) -> None:
         if not self.maybe_save("quit"):

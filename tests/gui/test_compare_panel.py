@@ -42,3 +42,13 @@ def test_compare_needs_a_calibration_and_a_readable_file(qtbot, window, messages
     (tmp_path / "bad.json").write_text("{}")
     assert not window.compare.compare_with(tmp_path / "bad.json")
     assert "bad.json" in messages[-1][2]
+
+
+def test_the_compare_panel_alone_at_the_bottom_is_sized_like_the_others(qtbot, window):
+    """The bottom panels' sizing takes whichever is open: the Compare panel too."""
+    window.show()
+    for dock in (window.graph_dock, window.sensitivity_dock, window.pareto_dock):
+        dock.hide()
+    window._show_dock(window.compare_dock)
+    qtbot.waitUntil(window.compare_dock.isVisible, timeout=5000)
+    assert window._bottom_dock() is window.compare_dock
