@@ -13,13 +13,20 @@ def _calibrate_parser(sub) -> None:
     p.add_argument("-o", "--output", help="the encodings JSON to write (needed unless --save-stats is given)")
     p.add_argument("--save-stats", metavar="PART.qstats",
                    help="also write the statistics, for qinspect merge to add up the shards of a calibration")
-    p.add_argument("--scheme", choices=SCHEMES, default="tf")
+    p.add_argument("--scheme", choices=SCHEMES, default="tf",
+                   help="how ranges are chosen, for activations and weights (tf: exact min/max)")
+    p.add_argument("--param-scheme", choices=SCHEMES,
+                   help="the weights' scheme when it differs from --scheme; tf_adjusted is QNN's TF Adjusted weight "
+                        "mode (8-bit asymmetric weights keep both ends of their range on the grid)")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--act-bw", type=int, default=8, choices=(4, 8, 16))
     p.add_argument("--param-bw", type=int, default=8, choices=(4, 8, 16))
     p.add_argument("--per-channel", dest="per_channel", action="store_true", default=True)
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false")
     p.add_argument("--symmetric-activations", action="store_true")
+    p.add_argument("--asymmetric-weights", action="store_true",
+                   help="per-tensor weights get an asymmetric grid (TF) instead of a symmetric one; per-channel "
+                        "weights stay symmetric, as QNN requires")
     p.add_argument("--strict-symmetric", action="store_true",
                    help="symmetric tensors use the narrow grid (-127..127 at 8 bits), as AIMET's strict mode")
     p.add_argument("--unsigned-symmetric", action="store_true",
@@ -79,8 +86,9 @@ def run_calibrate(args) -> int:
         act_bw=args.act_bw,
         param_bw=args.param_bw,
         act_scheme=args.scheme,
-        param_scheme=args.scheme,
+        param_scheme=args.param_scheme or args.scheme,
         act_symmetric=args.symmetric_activations,
+        param_symmetric=not args.asymmetric_weights,
         per_channel=args.per_channel,
         percentile=args.percentile,
         strict_symmetric=args.strict_symmetric,
@@ -88,6 +96,9 @@ def run_calibrate(args) -> int:
         pow2=args.pow2,
     )
     plan = PrecisionPlan(defaults, args.target)
+    if defaults.param_scheme == "tf_adjusted" and (defaults.param_symmetric or defaults.per_channel):
+        print("qinspect: note: tf_adjusted changes asymmetric 8-bit weights only; add --asymmetric-weights "
+              "--no-per-channel for it to apply to every weight", file=sys.stderr)
     if args.overrides:
         encodings, warnings = read_overrides(args.overrides, index)
         for w in warnings:

@@ -6,7 +6,8 @@ import sys
 import time
 
 
-SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
+# core.quant.ranges.SCHEMES, repeated so that --help needs no numpy (a test keeps them equal)
+SCHEMES = ("tf", "tf_adjusted", "tf_enhanced", "percentile", "mse")
 
 
 class TerminalProgress:

@@ -231,7 +231,12 @@ def encoding_from_dict(d: dict) -> Encoding:
     )
 
 
-def _from_settings(s: Settings, lo, hi, defaults: Defaults, axis=None) -> Encoding:
+def _adjusted(s: Settings) -> bool:
+    """QNN applies TF Adjusted to 8-bit weights only; at other bitwidths the scheme is TF."""
+    return s.scheme == "tf_adjusted" and s.bw == 8
+
+
+def _from_settings(s: Settings, lo, hi, defaults: Defaults, axis=None, adjusted: bool = False) -> Encoding:
     return compute_encoding(
         lo,
         hi,
@@ -243,6 +248,7 @@ def _from_settings(s: Settings, lo, hi, defaults: Defaults, axis=None) -> Encodi
         min_range=defaults.min_range,
         axis=axis,
         pow2=s.pow2,
+        adjusted=adjusted,
     )
 
 
@@ -257,11 +263,11 @@ def _activation_encoding(s: Settings, stats: TensorStats | None, defaults: Defau
 
 def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults: Defaults) -> Encoding:
     if s.range is not None:
-        return _from_settings(s, *s.range, defaults)
+        return _from_settings(s, *s.range, defaults, adjusted=_adjusted(s))
     if values.size and values.dtype.kind == "f" and not np.isfinite(values).any():
         return float_encoding(32)  # only NaN/Inf (a -inf mask constant): nothing a grid could hold
     if s.per_channel and axis is not None and values.ndim > axis:
-        if s.scheme == "tf":
+        if s.scheme in ("tf", "tf_adjusted"):
             others = tuple(i for i in range(values.ndim) if i != axis)
             finite = np.isfinite(values)
             if finite.all():
@@ -277,10 +283,10 @@ def _weight_encoding(s: Settings, values: np.ndarray, axis: int | None, defaults
                 for c in channel_stats(values, axis)
             ]
             lo, hi = np.array(ranges).T
-        return _from_settings(s, lo, hi, defaults, axis=axis)
+        return _from_settings(s, lo, hi, defaults, axis=axis, adjusted=_adjusted(s))
     stats = TensorStats.of(values)
     lo, hi = choose_range(stats, s.scheme, bw=s.bw, symmetric=s.symmetric, percentile=s.percentile)
-    return _from_settings(s, lo, hi, defaults)
+    return _from_settings(s, lo, hi, defaults, adjusted=_adjusted(s))
 
 
 def _bias_encoding(s, values, in_enc, w_enc, defaults) -> Encoding:

@@ -81,6 +81,9 @@ class PrecisionEditor(QWidget):
         self.scheme_combo = QComboBox(objectName="schemeCombo")
         for scheme in SCHEMES:
             self.scheme_combo.addItem(scheme, scheme)
+        self.scheme_combo.setItemData(SCHEMES.index("tf_adjusted"),
+                                      "QNN's TF Adjusted: an 8-bit asymmetric weight's grid grows to keep both ends of "
+                                      "its range instead of clipping one; elsewhere it is tf", Qt.ToolTipRole)
         self.percentile_spin = QDoubleSpinBox(objectName="percentileSpin", decimals=3, minimum=50.0, maximum=100.0)
         self.percentile_spin.setSingleStep(0.01)
         self.percentile_spin.setKeyboardTracking(False)  # commit the typed number, not each keystroke

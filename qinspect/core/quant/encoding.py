@@ -151,6 +151,30 @@ def _tf(lo, hi, bw: int, min_range: float):
     return scale, offset.astype(np.int64)
 
 
+def _tf_adjusted(lo, hi, bw: int, min_range: float):
+    """QNN's "TF Adjusted" weight grid: TF, except that a mixed-sign range keeps both true ends on the grid.
+
+    TF slides the grid by up to half a step to put zero on it, which clips one end. Here one end
+    stays exact and the other is stretched just enough ("the max will be expanded or the min will
+    be decreased"): zero point z gives scale max(-lo/z, hi/(n-z)); the zero points either side of
+    TF's ideal one keep the min or the max exact, and the smaller scale wins.
+    """
+    lo, hi = _prepare_range(lo, hi, min_range)
+    n = 2**bw - 1
+    width = (hi - lo) / n
+    mixed = (lo < 0) & (hi > 0)
+    ideal = np.where(mixed, -lo / np.where(mixed, width, 1.0), 0.0)
+    z_min = np.clip(np.floor(ideal), 1, n - 1)  # the min exact, the max expanded
+    z_max = np.clip(np.ceil(ideal), 1, n - 1)   # the max exact, the min decreased
+    s_min = np.maximum(-lo / z_min, hi / (n - z_min))
+    s_max = np.maximum(-lo / z_max, hi / (n - z_max))
+    first = s_min <= s_max
+    scale = _floor_scale(np.where(mixed, np.where(first, s_min, s_max), width), min_range)
+    one_signed = np.where(lo >= 0, 0, -n)
+    offset = np.where(mixed, -np.where(first, z_min, z_max), one_signed)
+    return scale, offset.astype(np.int64)
+
+
 def _symmetric(lo, hi, bw: int, min_range: float, variant: str, strict: bool, unsigned: bool):
     lo, hi = _prepare_range(lo, hi, min_range)
     half = 2 ** (bw - 1)
@@ -192,6 +216,7 @@ def compute_encoding(
     min_range: str | float = "qnn",
     axis: int | None = None,
     pow2: str | None = None,
+    adjusted: bool = False,
 ) -> Encoding:
     """The integer encoding of the range [lo, hi] (scalars, or arrays with one value per channel).
 
@@ -204,6 +229,9 @@ def compute_encoding(
     encoding symmetric (zero point 0) and its scale the power of two nearest to the symmetric
     scale, the next one up (the grid covers the range) or the next one down (a finer grid that
     clips the range's ends).
+
+    `adjusted` selects QNN's "TF Adjusted" asymmetric grid (8-bit weights): instead of sliding,
+    the grid grows so that both ends of the range stay on it (`_tf_adjusted`).
     """
     if pow2 is not None:
         if pow2 not in POW2_ROUNDINGS:
@@ -217,6 +245,8 @@ def compute_encoding(
         min_range = MIN_RANGE_RULES[min_range]
     if symmetric or strict:
         scale, offset = _symmetric(lo, hi, bw, min_range, variant, strict, unsigned)
+    elif adjusted:
+        scale, offset = _tf_adjusted(lo, hi, bw, min_range)
     else:
         scale, offset = _tf(lo, hi, bw, min_range)
     scale = np.atleast_1d(scale)

@@ -8,6 +8,9 @@ TF grid (encodings_spec.md section 2). Every scheme returns ``(0.0, 0.0)`` for e
 Schemes:
 
 * ``tf``: the exact observed min/max.
+* ``tf_adjusted``: QNN's "TF Adjusted" weight mode: the exact min/max, like ``tf``; the plan then
+  asks `compute_encoding` for a grid that grows to keep both ends rather than sliding (8-bit
+  weights only; elsewhere it is ``tf``).
 * ``tf_enhanced``: AIMET's SQNR search, aimet_torch v2 ``SqnrEncodingAnalyzer`` (spec 2.1
   variant B), on the histogram's bin centres and counts. Close to, never bit-identical with,
   AIMET/QNN.
@@ -22,7 +25,7 @@ import numpy as np
 from .encoding import EPS32, compute_encoding
 from .stats import TensorStats
 
-SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
+SCHEMES = ("tf", "tf_adjusted", "tf_enhanced", "percentile", "mse")
 
 # aimet_torch v2 SqnrEncodingAnalyzer defaults.
 _ASYM_DELTAS = 17
@@ -218,7 +221,7 @@ def choose_range(
         raise ValueError(f"unknown range scheme {scheme!r}; use one of {SCHEMES}")
     if _empty(stats):
         return 0.0, 0.0
-    if scheme == "tf":
+    if scheme in ("tf", "tf_adjusted"):
         return tf_range(stats)
     if scheme == "tf_enhanced":
         return tf_enhanced_range(stats, bw, symmetric)
