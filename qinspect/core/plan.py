@@ -354,6 +354,8 @@ def refusals(index, plan: PrecisionPlan, names=None) -> list[str]:
     for name in index.targets if names is None else names:
         if name in index.targets and _kept(index, plan, name) is None:
             why = refusal(target, index, name, plan.settings(index.targets[name].kind, name))
+            if why and name not in plan.edits and refusal(target, index, name, resolve(index, plan, name)[0]) is None:
+                why = None  # a default the target's rules turn into what it runs (vitis-dpu's 8-bit biases)
             if why:
                 problems.append(why)
     return problems

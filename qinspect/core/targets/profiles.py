@@ -3,7 +3,8 @@
 A profile says where quantizers go (`placement`, BatchNormalization folded), which dtypes and
 bitwidths each kind of tensor (and, narrower, each op) supports, which ops take per-tensor weights
 only, the output encodings a target fixes, whether bias encodings are written, the weight grid
-where integer kernels would saturate, and which ops keep output, weight and bias float together.
+where integer kernels would saturate, which ops keep output, weight and bias float together, and
+whether every integer scale must be a power of two (with the rounding used when the plan sets none).
 `rules.py` applies a profile to a plan; a new target is a new entry in `TARGETS` plus a test.
 """
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Target:
     weight_grid: WeightGrid | None = None
     float_groups: frozenset = frozenset()  # ops whose output, weight and bias are float together
     no_support_why: dict = field(default_factory=dict)  # (kind, dtype, bw) -> why, for messages
+    pow2: str | None = None            # power-of-two scales required: the rounding when the plan sets none
+    pow2_why: str = ""
 
     def supported(self, kind: str, op: str) -> frozenset:
         return self.op_supports.get((op, kind), self.supports[kind])
@@ -133,7 +136,38 @@ ORT_CPU = Target(
     },
 )
 
-TARGETS = {t.name: t for t in (QNN_HTP, ORT_CPU)}
+# The DPU multiplies by shifting: every scale a power of two, zero point 0, one scale per tensor, weights
+# and biases at 8 bits as activations (Vitis AI UG1414: "power-of-2 scales, symmetry, per-tensor
+# quantizers"; its quantizer's "non-overflow" method is our ceil rounding, the default here).
+VITIS_DPU = Target(
+    name="vitis-dpu",
+    title="AMD Vitis AI DPU (power-of-two scales)",
+    summary="QDQ model for the Vitis AI DPU flow: 8-bit symmetric per-tensor encodings whose scales are powers "
+            "of two, biases included",
+    output="qdq",
+    supports={
+        "activation": _pairs(ints=(8,)),
+        "weight": _pairs(ints=(8,)),
+        "bias": _pairs(ints=(8,)),
+    },
+    per_tensor_ops=WEIGHTED_OPS,
+    pow2="ceil",
+    pow2_why="the DPU multiplies by shifting, so scales are powers of two with zero point 0, one per tensor",
+    no_support_why={
+        ("activation", INT, 16): "the DPU runs 8-bit tensors only",
+        ("weight", INT, 4): "the DPU runs 8-bit weights only",
+        ("weight", INT, 16): "the DPU runs 8-bit weights only",
+        ("bias", INT, 32): "the DPU adds 8-bit biases with a power-of-two scale",
+        ("activation", FLOAT, 16): "the DPU has no floating point",
+        ("activation", FLOAT, 32): "the DPU has no floating point",
+        ("weight", FLOAT, 16): "the DPU has no floating point",
+        ("weight", FLOAT, 32): "the DPU has no floating point",
+        ("bias", FLOAT, 16): "the DPU has no floating point",
+        ("bias", FLOAT, 32): "the DPU has no floating point",
+    },
+)
+
+TARGETS = {t.name: t for t in (QNN_HTP, ORT_CPU, VITIS_DPU)}
 DEFAULT_TARGET = QNN_HTP.name
 
 

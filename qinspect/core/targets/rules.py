@@ -21,7 +21,7 @@ from .profiles import FLOAT, INT, TARGETS, Target
 
 @dataclass(frozen=True)
 class RuleEffect:
-    rule: str     # "float-group" | "weight-grid" | "fixed-output" | "per-tensor"
+    rule: str     # "float-group" | "weight-grid" | "fixed-output" | "per-tensor" | "pow2"
     message: str  # what the rule did and why, one line
 
 
@@ -53,7 +53,40 @@ def apply_rules(target: Target, index, name: str, s, settings_of: Callable[[str]
         if target.weight_grid is not None:
             s, grid = _weight_grid(target, index, name, s, settings_of)
             effect = grid or effect
+    if target.pow2 is not None:
+        s, shifted = _pow2(target, kind, s)
+        effect = shifted or effect
     return s, effect
+
+
+def _is_pow2(enc: Encoding) -> bool:
+    exponents = np.log2(enc.scales)
+    return bool((exponents == np.round(exponents)).all())
+
+
+def _pow2(target, kind, s):
+    """Power-of-two scales, zero point 0, one scale per tensor; a target's own rounding unless the plan
+    chose one. Biases move to the target's bitwidth when the plan left them at the default 32 bits
+    (an edit asking for 32 is refused before it gets here)."""
+    if precision(s)[0] != INT:
+        return s, None
+    why = f"{target.name}: {target.pow2_why}"
+    if s.encoding is not None:
+        enc = s.encoding
+        if _is_pow2(enc) and enc.symmetric and not enc.per_channel and all(o in (0, -(2 ** (enc.bw - 1)))
+                                                                           for o in enc.offset):
+            return s, None
+        lo, hi = float(np.min(enc.min)), float(np.max(enc.max))
+        regridded = compute_encoding(lo, hi, enc.bw, pow2=s.pow2 or target.pow2)
+        return replace(s, encoding=regridded), RuleEffect("pow2", why + f"; the file's [{lo:.4g}, {hi:.4g}] regridded")
+    bw = s.bw
+    if kind == "bias" and (INT, bw) not in target.supports["bias"]:
+        bw = max(b for d, b in target.supports["bias"] if d == INT)
+    wanted = replace(s, bw=bw, pow2=s.pow2 or target.pow2, symmetric=True, strict=False, unsigned=False,
+                     per_channel=False)
+    if wanted == s:
+        return s, None
+    return wanted, RuleEffect("pow2", why + f" ({wanted.pow2} rounding)")
 
 
 def _float_group(target, index, name, s, settings_of):
