@@ -93,3 +93,19 @@ def test_the_editor_shows_an_8bit_choice_for_a_weight_on_the_7bit_grid(qtbot, wi
     window.table.select(["conv2.weight"])
     assert window.findChild(QComboBox, "bitwidthCombo").currentText() == "8"
     assert "int8 on a 7-bit grid" in window.findChild(QLabel, "encodingSummary").text()
+
+
+def test_a_power_of_two_target_in_the_window_shows_its_rule_and_verifies(qtbot, window, messages):
+    calibrate(qtbot, window)
+    window.findChild(QComboBox, "targetCombo").setCurrentText("vitis-dpu")
+    assert window.project.target == "vitis-dpu" and not messages
+    enc = window.project.encodings["conv2.bias"]
+    assert enc.bw == 8 and float(enc.scale[0]).hex().startswith("0x1.0000000000000p")  # a power of two
+    tip = cell(window, "conv2.bias", COLUMNS.index("Name"), Qt.ToolTipRole)
+    assert "set by the target: vitis-dpu: the DPU multiplies by shifting" in tip
+    window.table.select(["conv1_relu_out"])
+    assert "power" in window.findChild(QLabel, "ruleLabel").text()
+    with qtbot.waitSignal(window.verifier.finished, timeout=WAIT) as done:
+        window.actionVerify.trigger()
+    check = done.args[0].runtime
+    assert check.target == "vitis-dpu" and check.agrees()
