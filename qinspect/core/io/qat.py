@@ -1,6 +1,9 @@
 """What a quantization-aware training run starts from, in one folder: the float model as the target
-runs it (BatchNormalization folded, PTQ steps applied), its encodings as a 1.0.0 file (the version
-aimet-onnx's `load_encodings_to_sim` reads), and `qat_plan.json`, the precision plan in words a
+runs it (BatchNormalization folded, PTQ steps applied), its encodings as a 1.0.0 file that
+aimet-onnx's `load_encodings_to_sim` takes in its default strict mode (no int32 bias encodings the
+converter derives, nor the float ones QNN's float rule gives: AIMET's default configuration keeps
+bias quantizers off and refuses them; `qat_plan.json` still lists them; a bias the user edited is
+kept and needs them on), and `qat_plan.json`, the precision plan in words a
 training script can follow: each tensor's dtype and bitwidth, which stay float, and which encodings
 are *frozen* (a range or an encoding the user fixed, or one the model already had: load them with
 `allow_overwrite=False`, or `requires_grad=False` when learning ranges).
@@ -45,7 +48,10 @@ def write_qat_start(folder, index, encodings: dict, plan, *, protect=()) -> list
     folder.mkdir(parents=True, exist_ok=True)
     protect = [p for p in (index.path, *protect) if p]
     model = save_model(index, folder / "model.onnx", protect=protect)
-    written = file_encodings(index, encodings, target=plan.target, bias_encodings=True, version="1.0.0")
+    written = file_encodings(index, encodings, target=plan.target, bias_encodings=False, version="1.0.0")
+    edited = {n for n, e in plan.edits.items() if not e.is_empty()}
+    # a bias a rule made float is for the converter; AIMET's sim keeps biases float with its quantizer off
+    written = {n: e for n, e in written.items() if index.targets[n].kind != "bias" or n in edited}
     kinds = {n: index.targets[n].kind for n in written}
     enc = write_overrides(folder / "encodings.json", written, kinds, "1.0.0", quantizer_args(plan.defaults),
                           protect=protect, target=plan.target)
