@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from .common import TerminalProgress, _Usage, _target_option, _open_model, _data_and_provider_options, _open_data, _read_encodings, _check_providers
 
@@ -177,8 +178,10 @@ def _sensitivity_summary(ranking, info) -> str:
 def _diff_parser(sub) -> None:
     p = sub.add_parser("diff", help="two encodings files side by side: per tensor and per output, with what differs")
     p.add_argument("model", help="the float ONNX model")
-    p.add_argument("--a", required=True, metavar="ENC_A.json")
-    p.add_argument("--b", required=True, metavar="ENC_B.json")
+    p.add_argument("--a", required=True, metavar="ENC_A.json",
+                   help="an encodings file, or a session (.qinspect: its encodings, and its model when PTQ steps "
+                        "rewrote it)")
+    p.add_argument("--b", required=True, metavar="ENC_B.json", help="the same for B")
     p.add_argument("--b-model", metavar="MODEL_B.onnx", help="B's own model, where its weights differ (after QAT)")
     p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
     p.add_argument("--samples", type=int, metavar="N", help="use at most N samples")
@@ -188,6 +191,28 @@ def _diff_parser(sub) -> None:
     _target_option(p)
     _data_and_provider_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _side(path, index, target):
+    """One side's encodings and, for a session whose PTQ steps rewrote the model, that model's index."""
+    if not str(path).endswith(".qinspect"):
+        return _read_encodings(path, index, target), None
+    from ..core.errors import QInspectError
+    from ..core.project import Project
+
+    try:
+        project = Project.from_session(path)
+    except (QInspectError, OSError, ValueError, KeyError) as exc:
+        text = str(exc)  # session errors name the file and the fix already
+        raise _Usage(text if str(Path(path).name) in text else f"{path}: cannot open this session: {text}") from None
+    if project.target != target:
+        raise _Usage(f"{path}: the session is for target {project.target}; pass --target {project.target}")
+    if not project.stats:
+        raise _Usage(f"{path}: the session holds no calibration; calibrate it first")
+    if set(project.index.targets) != set(index.targets):
+        raise _Usage(f"{path}: the session is of another model ({project.index.path}); compare sessions of the "
+                     f"model given")
+    return dict(project.encodings), (project.index if project.steps else None)
 
 
 def run_diff(args) -> int:
@@ -201,8 +226,14 @@ def run_diff(args) -> int:
     index_b = prepare_model(args.b_model, args.target) if args.b_model else None
     data = _open_data(args, index)
     _check_providers(args.provider)
-    a = _read_encodings(args.a, index, args.target)
-    b = _read_encodings(args.b, index_b or index, args.target)
+    a, index_a = _side(args.a, index, args.target)
+    if index_a is not None:
+        index = index_a
+    b, own_b = _side(args.b, index_b or index, args.target)
+    if own_b is not None:
+        if args.b_model:
+            raise _Usage(f"{args.b}: this session's PTQ steps rewrote its model; leave out --b-model")
+        index_b = own_b
     progress = NullProgress() if args.quiet or args.json else TerminalProgress()
     result = diff(index, a, b, data, index_b=index_b, samples=args.samples, batch_size=args.batch_size,
                   progress=progress, providers=args.provider or None)
