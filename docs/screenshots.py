@@ -21,7 +21,9 @@ the whole X screen (dialogs and tooltips included) into `docs/img/<W>x<H>/`:
     09_cle           after it: the same layer, before (dashed) and after, the status bar's change
     10_target        the bundled example again, Mixed precision: the front over int8/int16, then
                      "Meet target" at 45 dB (all int8 gives 37.6): the plan applied, the outcome
-    11_compare       the Compare panel: that plan (A) against an all-int8 file (B), differences marked
+    11_compare       the Compare panel: that plan (A) against an all-int8 file with its own model (B,
+                     as a QAT run leaves them: conv2's weights moved), differences marked, conv2's
+                     weights drawn: A's and B's values overlaid with both ranges
 
 With --model, only `01_open` and `06_graph` of that model are taken (no data needed), into
 `docs/img/<W>x<H>-<model name>/`.
@@ -42,6 +44,7 @@ RELU_OUTPUT = "conv1_relu_out"  # the bundled example's first Relu
 MOBILE = "digits_mobile.onnx"  # beside the example; depthwise layers for CLE
 DEPTHWISE_WEIGHT = "dw2.weight"
 TARGET_SQNR = 45.0  # dB: the example's all-int8 plan gives 37.6
+MOVED_WEIGHT = "conv2.weight"  # what the "fine-tuned" B model of 11_compare changes
 
 
 # --- outside: X servers ---------------------------------------------------------------------------
@@ -198,16 +201,30 @@ def target_walk(window, shot, wait_for) -> None:
     wait_for(window.errorUpdated)
     window.table.select(["conv2_relu_out"])  # one of the activations it moved to 16 bits
     shot("10_target")
-    # Compare: the mixed plan (A) against all-int8 written by the command line (B)
+    # Compare: the mixed plan (A) against all-int8 (B) on a "fine-tuned" model, both written here as
+    # a QAT run would leave them: B's conv2 weights moved, its encodings calibrated on them.
     import tempfile
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
 
     from qinspect.cli import main as cli
 
-    b = Path(tempfile.mkdtemp(prefix="qinspect-shot-")) / "all_int8.json"
-    cli(["calibrate", str(EXAMPLE_MODEL), "--data", str(EXAMPLE_DATA), "-o", str(b), "-q"])
+    folder = Path(tempfile.mkdtemp(prefix="qinspect-shot-"))
+    b_model, b = folder / "finetuned.onnx", folder / "all_int8.json"
+    model = onnx.load(str(EXAMPLE_MODEL))
+    for t in model.graph.initializer:
+        if t.name == MOVED_WEIGHT:
+            w = numpy_helper.to_array(t)
+            noise = np.random.default_rng(0).normal(0.0, 0.1 * float(w.std()), w.shape)
+            t.CopyFrom(numpy_helper.from_array((1.2 * w + noise).astype(w.dtype), t.name))
+    onnx.save(model, str(b_model))
+    cli(["calibrate", str(b_model), "--data", str(EXAMPLE_DATA), "-o", str(b), "-q"])
     window._show_dock(window.compare_dock)
-    window.compare.compare_with(b)
+    window.compare.compare_with(b, model=b_model)
     wait_for(window.compare.compared)
+    window.compare.select(MOVED_WEIGHT)
     shot("11_compare")
 
 

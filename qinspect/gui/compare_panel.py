@@ -1,27 +1,41 @@
 """Two configurations side by side in the window: the project's encodings (A) against an encodings
 file (B: a QAT run's, another session's, before a PTQ step), measured on the calibration data in a
-worker (`core.analysis.diff`). A sortable table per tensor with both bitwidths, ranges, scales and
-SQNRs, the cells that differ highlighted; both output SQNRs above it.
+worker (`core.analysis.diff`). B may bring its own model (the fine-tuned ONNX model a QAT run ends
+with): it is prepared in the worker and the file is read against it, and each side is measured
+against its own float model. A sortable table per tensor with both bitwidths, ranges, scales and
+SQNRs, the cells that differ highlighted; both output SQNRs above it. The selected row's values
+and both ranges are drawn beside the table (`compare_plot`).
+
+What a row's plot shows is fixed when its comparison starts (A's model and statistics, B's model),
+so a later edit, recalibration or another model in the window does not mix into it.
 
 Object names: ``comparePanel`` (the dock, set by the window), ``compareTable``, ``compareStatus``,
-``compareLoadButton``. Signal: ``compared(bool)`` when a run ends (True: new results shown).
+``compareLoadButton``, ``compareModelButton``, ``compareModelLabel``, ``compareModelClear``,
+``compareSplitter``, and the plot's (``compareHistogram``, ``compareLegend``, ...).
+Signal: ``compared(bool)`` when a run ends (True: new results shown).
 """
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass, field
 
+import numpy as np
 from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTableView,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QLabel, QPushButton, QSplitter,
+                               QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from . import messages
+from .compare_plot import ComparePlot
+from .widgets import ElidedLabel
 
 SAMPLES = 32
 HEADERS = ("Tensor", "Kind", "A encoding", "B encoding", "A range", "B range", "A scale", "B scale",
            "A SQNR", "B SQNR", "Change dB")
 CHANGED = QColor(255, 236, 179)
 SORT_ROLE = Qt.UserRole + 1
+NO_MODEL = "B model: the window's"
 
 
 def _num(value, digits: str = ".4g") -> str:
@@ -36,6 +50,18 @@ def _range(side) -> str:
     return "" if side.min is None else f"[{side.min:.4g}, {side.max:.4g}]"
 
 
+@dataclass
+class Run:
+    """One comparison and what its plots are drawn from."""
+    result: object                 # core.analysis.diff.Diff
+    path: str
+    model: str | None              # B's own model, or None: B ran A's
+    index_a: object
+    stats: dict                    # A's calibration statistics when the comparison started
+    index_b: object = None
+    values: dict = field(default_factory=dict)  # (side, name) -> TensorStats of a constant's values
+
+
 class ComparePanel(QWidget):
     compared = Signal(bool)
 
@@ -43,35 +69,88 @@ class ComparePanel(QWidget):
         super().__init__(parent)
         self.project, self._start = project, start
         self.result = None
+        self.run: Run | None = None
+        self.b_model: str | None = None
+        self._last_path: str | None = None
+        self._pending = None  # the latest comparison started; an older one's result is dropped
         self.load_button = QPushButton("Compare with encodings file…", objectName="compareLoadButton")
+        self.model_button = QPushButton("B model…", objectName="compareModelButton")
+        self.model_button.setToolTip("B's own ONNX model (a QAT run's fine-tuned one); without it B runs the window's")
+        self.model_label = ElidedLabel(NO_MODEL, objectName="compareModelLabel")
+        self.model_label.setMaximumWidth(260)
+        self.clear_button = QToolButton(objectName="compareModelClear", text="×")
+        self.clear_button.setToolTip("B runs the window's model again")
+        self.clear_button.setEnabled(False)
         self.status = QLabel("A: the window's encodings; B: an encodings file (a QAT run's, another session's).",
                              objectName="compareStatus")
         self.status.setWordWrap(True)
         self.model = QStandardItemModel(0, len(HEADERS), self)
         self.model.setHorizontalHeaderLabels(HEADERS)
-        proxy = QSortFilterProxyModel(self)
-        proxy.setSourceModel(self.model)
-        proxy.setSortRole(SORT_ROLE)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(SORT_ROLE)
         self.table = QTableView(objectName="compareTable")
-        self.table.setModel(proxy)
+        self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().hide()  # the rows' load order says nothing once sorted
+        self.plot = ComparePlot()
+        self.splitter = QSplitter(Qt.Horizontal, objectName="compareSplitter")
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(self.plot)
+        self.splitter.setChildrenCollapsible(False)
+        self._split = False  # the table's share is set once, when the panel first has a width
         top = QHBoxLayout()
-        top.addWidget(self.load_button)
+        for w in (self.load_button, self.model_button, self.model_label, self.clear_button):
+            top.addWidget(w)
         top.addWidget(self.status, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.table)
+        layout.addWidget(self.splitter, 1)
         self.load_button.clicked.connect(self._ask)
+        self.model_button.clicked.connect(self._ask_model)
+        self.clear_button.clicked.connect(lambda: self._choose_model(None))
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
+        self.proxy.layoutChanged.connect(self._on_selection)  # a re-sort keeps the row; check the plot follows
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._split and self.splitter.width() > 100:
+            self._split = True
+            width = self.splitter.width()
+            self.splitter.setSizes([int(width * 0.55), width - int(width * 0.55)])
+
+    # --- choosing -----------------------------------------------------------------------------------
     def _ask(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Compare with encodings", "", "Encodings JSON (*.json);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Compare with encodings", "",
+                                              "Encodings JSON (*.json);;All files (*)")
         if path:
-            self.compare_with(path)
+            self.compare_with(path, model=self.b_model)
 
-    def compare_with(self, path, samples: int = SAMPLES) -> bool:
-        """Measure the project's encodings (A) and the file's (B) on the calibration data in a worker."""
+    def _ask_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "B's model", "", "ONNX models (*.onnx);;All files (*)")
+        if path:
+            self._choose_model(path)
+
+    def _choose_model(self, path: str | None) -> None:
+        """Set B's model (None: the window's) and compare again when a file was compared already."""
+        self._set_model(path)
+        if self._last_path is not None:
+            self.compare_with(self._last_path, model=path)
+
+    def _set_model(self, path) -> None:
+        self.b_model = None if path is None else str(path)
+        self.model_label.setText(NO_MODEL if path is None else f"B model: {os.path.basename(self.b_model)}")
+        self.model_label.setToolTip(self.b_model or "B runs the window's model")
+        self.clear_button.setEnabled(path is not None)
+
+    # --- running ------------------------------------------------------------------------------------
+    def compare_with(self, path, samples: int = SAMPLES, model=None) -> bool:
+        """Measure the project's encodings (A) and the file's (B) on the calibration data in a worker.
+        `model`: B's own model (the file is then read against it); None: B runs the window's model.
+        The panel's B model becomes `model`."""
         from ..core.analysis.diff import diff
         from ..core.calib.data import open_data
         from ..core.errors import QInspectError
@@ -83,30 +162,63 @@ class ComparePanel(QWidget):
             messages.notify(self, "warning", "Nothing to compare",
                             "Calibrate the model first: the comparison runs on the calibration data.")
             return False
+        path, model = str(path), None if model is None else str(model)
+        if model is not None and not os.path.isfile(model):
+            messages.notify(self, "warning", "Not compared",
+                            f"B's model {model} not found: choose the fine-tuned .onnx file with B model…")
+            return False
         index, target = project.index, project.target
         try:
-            b, _ = read_overrides(path, index)
-            b = encodings_for_target(index, b, target)
+            b, _ = read_overrides(path, None if model else index)  # with B's model: checked against it in the job
+            b = b if model else encodings_for_target(index, b, target)
         except (QInspectError, ValueError) as exc:
-            messages.notify(self, "warning", "Not compared", f"{path}: {exc}")
+            text = str(exc)
+            messages.notify(self, "warning", "Not compared", text if text.startswith(path) else f"{path}: {text}")
             return False
-        a, spec, options = dict(project.encodings), project.data_spec, dict(project.data_options)
+        self._set_model(model)
+        self._last_path = path
+        a, stats = dict(project.encodings), dict(project.stats)
+        spec, options = project.data_spec, dict(project.data_options)
 
         def job(progress):
+            index_b = b_enc = None
+            if model is not None:
+                index_b, b_enc = _read_b(model, path, index, target, progress)
             with open_data(spec, index.inputs, **options) as data:
-                return diff(index, a, b, data, samples=samples, progress=progress)
+                result = diff(index, a, b_enc if model else b, data, index_b=index_b, samples=samples,
+                              progress=progress)
+            return Run(result, path, model, index, stats, index_b)
 
-        self.status.setText(f"comparing with {path}…")
-        self._start(job, "comparison", lambda result: self._show(result, str(path)),
-                    lambda: self.compared.emit(False))
+        token = self._pending = object()
+        self.table.clearSelection()
+        self.plot.clear("Comparing: select a row when the table is filled.")
+        self.status.setText(f"comparing with {path}" + (f" on B's model {model}" if model else "") + "…")
+
+        def stopped(text: str | None = None) -> None:  # failed(text) or cancelled()
+            if token is self._pending:
+                self._stopped(text)
+
+        self._start(job, "comparison", lambda run: self._show(run, token), stopped)
         return True
 
-    def _show(self, result, path: str) -> None:
-        self.result = result
+    def _stopped(self, text: str | None) -> None:
+        """Cancelled or failed (the window shows the failure's message)."""
+        self.status.setText("Not compared" + (f": {text}" if text else " (cancelled)")
+                            + ("; the table shows the last comparison" if self.result is not None else ""))
+        self.compared.emit(False)
+
+    def _show(self, run: Run, token) -> None:
+        if token is not self._pending:
+            return  # an older comparison ended after a newer one started
+        self.run, self.result = run, run.result
+        result = run.result
         outputs = "; ".join(f"{n}: A {_num(a, '.1f')} dB, B {_num(b, '.1f')} dB" for n, (a, b) in result.outputs.items())
         changed = sum(1 for t in result.tensors if t.changed)
-        self.status.setText(f"B = {path} · {result.samples} samples · {outputs} · {changed} of "
-                            f"{len(result.tensors)} tensors differ")
+        # File names only: the status shares its row with the buttons; the tooltip has the paths.
+        model = f" on {os.path.basename(run.model)}" if run.model else ""
+        self.status.setText(f"B = {os.path.basename(run.path)}{model} · {result.samples} samples · {outputs} · "
+                            f"{changed} of {len(result.tensors)} tensors differ")
+        self.status.setToolTip(f"B's encodings: {run.path}\nB's model: {run.model or 'the window’s'}")
         self.model.setRowCount(0)
         for t in result.tensors:
             cells = [(t.name, t.name, ()), (t.kind, t.kind, ()),
@@ -126,3 +238,90 @@ class ComparePanel(QWidget):
         self.table.sortByColumn(HEADERS.index("Change dB"), Qt.AscendingOrder)  # where B loses most first
         self.table.resizeColumnsToContents()
         self.compared.emit(True)
+
+    # --- the selected row's plot --------------------------------------------------------------------
+    def select(self, name: str) -> bool:
+        """Select `name`'s row (its plot follows); False when the table has no such row."""
+        for r in range(self.proxy.rowCount()):
+            if self.proxy.index(r, 0).data() == name:
+                self.table.selectRow(r)
+                self.table.scrollTo(self.proxy.index(r, 0))
+                return True
+        return False
+
+    def selected(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows()
+        return rows[0].data() if rows else None
+
+    def _on_selection(self) -> None:
+        name = self.selected()
+        if name is None:
+            if self.plot.tensor is not None:
+                self.plot.clear("Select a tensor in the table to see its values and both ranges.")
+        elif name != self.plot.tensor:
+            self._plot(name)
+
+    def _plot(self, name: str) -> None:
+        run = self.run
+        row = next((t for t in run.result.tensors if t.name == name), None)
+        if row is None:
+            return
+        stats, what = self._values(run, name, row.kind)
+        if stats is None:
+            self.plot.clear(f"{name}: no values to show (not calibrated)")
+            return
+        self.plot.show_values(name, what, stats, {"A": row.a, "B": row.b})
+
+    def _values(self, run: Run, name: str, kind: str):
+        """The statistics to draw ("A", and "B" when B's model holds other values) and the info line."""
+        from ..core.quant.stats import TensorStats
+
+        index = run.index_a
+        if not index.is_constant(name):
+            stats = run.stats.get(name) or run.stats.get(index.encoding_source(name))
+            if stats is None or stats.count == 0:
+                return None, ""
+            source = "A's model's " if run.model else ""
+            return {"A": stats}, f"{name}: {source}calibration histogram, {stats.count:,} values"
+
+        def of(side, idx):
+            key = (side, name)
+            if key not in run.values:
+                run.values[key] = TensorStats.of(idx.initializer(name))
+            return run.values[key]
+
+        out = {"A": of("A", index)}
+        what = f"{name}: {out['A'].count:,} {kind} values"
+        b = run.index_b
+        if b is not None and b.is_constant(name):
+            va, vb = index.initializer(name), b.initializer(name)
+            if np.array_equal(va, vb):
+                what += " (B's model holds the same values)"
+            else:
+                out["B"] = of("B", b)
+                what = f"{name}: values of A's model filled, of B's outlined"
+        return out, what
+
+
+def _read_b(model: str, path: str, index, target, progress):
+    """B's model prepared as the window's is, and the file's encodings read against it (in the job)."""
+    from ..core.errors import Cancelled, ModelError, OverridesError, QInspectError
+    from ..core.io.overrides import read_overrides
+    from ..core.plan import encodings_for_target
+    from ..core.ptq.prepare import prepare_model
+
+    progress.update(0, 1, f"reading {os.path.basename(model)}")
+    index_b = prepare_model(model, target)
+    if progress.cancelled():
+        raise Cancelled("comparison cancelled")
+    want, got = [i.name for i in index.inputs], [i.name for i in index_b.inputs]
+    if want != got:
+        raise ModelError(f"B's model {model} takes inputs {got}, the calibration data feeds {want}: "
+                         "choose the model trained from this one")
+    try:
+        b, _ = read_overrides(path, index_b)
+        return index_b, encodings_for_target(index_b, b, target)
+    except (QInspectError, ValueError) as exc:
+        text = str(exc).removeprefix(f"{path}: ")
+        raise OverridesError(f"{path} does not fit B's model {model} ({text}): choose the model these "
+                             "encodings come from, or clear B's model") from None
