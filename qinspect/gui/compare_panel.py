@@ -213,6 +213,9 @@ class ComparePanel(QWidget):
         self.run, self.result = run, run.result
         result = run.result
         outputs = "; ".join(f"{n}: A {_num(a, '.1f')} dB, B {_num(b, '.1f')} dB" for n, (a, b) in result.outputs.items())
+        if result.accuracy is not None:  # the data have labels
+            f, ta, tb = result.accuracy
+            outputs += f" · top-1 A {ta:.1%}, B {tb:.1%} (float {f:.1%})"
         changed = sum(1 for t in result.tensors if t.changed)
         # File names only: the status shares its row with the buttons; the tooltip has the paths.
         model = f" on {os.path.basename(run.model)}" if run.model else ""

@@ -29,7 +29,10 @@ def test_compare_with_a_file_shows_both_and_marks_the_differences(qtbot, window,
     assert done.args == [True]
     rows = {t.name: t for t in panel.result.tensors}
     assert rows["conv1_relu_out"].a.bw == 8 and rows["conv1_relu_out"].b.bw == 16
-    assert "differ" in panel.findChild(object, "compareStatus").text()
+    status = panel.findChild(object, "compareStatus").text()
+    assert "differ" in status
+    f, ta, tb = panel.result.accuracy  # the example's data have labels: both top-1s and the float one
+    assert f"top-1 A {ta:.1%}, B {tb:.1%} (float {f:.1%})" in status and 0.5 < tb <= 1
     model = panel.model
     names = [model.item(r, 0).text() for r in range(model.rowCount())]
     r = names.index("conv1_relu_out")
