@@ -10,7 +10,7 @@ def _calibrate_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="calibrate a model and write an overrides/encodings JSON")
     p.add_argument("model", help="the float ONNX model")
     p.add_argument("--data", required=True, help="a .npy, .npz, input list .txt, image folder, or random:N")
-    p.add_argument("-o", "--output", help="the encodings JSON to write (needed unless --save-stats is given)")
+    p.add_argument("-o", "--output", help="the encodings JSON to write (needed unless --session or --save-stats is given)")
     p.add_argument("--save-stats", metavar="PART.qstats",
                    help="also write the statistics, for qinspect merge to add up the shards of a calibration")
     p.add_argument("--scheme", choices=SCHEMES, default="tf",
@@ -74,8 +74,9 @@ def run_calibrate(args) -> int:
     from ..core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
     from ..core.progress import NullProgress
 
-    if not args.output and not args.save_stats:
-        raise _Usage("give -o ENC.json (the encodings), --save-stats PART.qstats (a shard's statistics), or both")
+    if not (args.output or args.save_stats or args.session):
+        raise _Usage("give -o ENC.json (the encodings), --session OUT.qinspect (a session the window opens), "
+                     "--save-stats PART.qstats (a shard's statistics), or several")
     if args.samples is not None and args.samples < 1:
         raise _Usage("--samples must be at least 1")
     if args.batch_size < 1:
@@ -143,7 +144,7 @@ def run_calibrate(args) -> int:
         if not args.quiet:
             print(f"wrote {saved}: statistics of {result.samples} samples (qinspect merge adds shards up)",
                   file=sys.stderr)
-        if not args.output:
+        if not args.output and not args.session:
             return 0
     for step in steps:
         if step != "cle":
@@ -160,12 +161,12 @@ def run_calibrate(args) -> int:
     for line in format_warnings(written, args.format):
         print(f"qinspect: warning: {line}", file=sys.stderr)
     kinds = {name: index.targets[name].kind for name in written}
-    out = write_overrides(args.output, written, kinds, args.format, quantizer_args(plan.defaults), protect=protect,
-                          target=args.target)
+    out = args.output and write_overrides(args.output, written, kinds, args.format, quantizer_args(plan.defaults),
+                                          protect=protect, target=args.target)
     if args.model_out:
         from ..core.io.qdq import save_model
 
-        model_out = save_model(index, args.model_out, protect=protect + [args.output])
+        model_out = save_model(index, args.model_out, protect=protect + [p for p in (args.output,) if p])
         if not args.quiet:
             print(f"wrote {model_out}: the float model the encodings name", file=sys.stderr)
     if args.session:
@@ -177,8 +178,10 @@ def run_calibrate(args) -> int:
         if records:
             session.steps = [r.to_dict() for r in records]
             session.model, session.ptq_values, session.bn_params = index.model, index.ptq_values, index.bn_params
-        save_session(args.session, session, protect=protect)
-    if not args.quiet:
+        saved_session = save_session(args.session, session, protect=protect)
+        if not args.quiet:
+            print(f"wrote {saved_session}: the session (qinspect --session {saved_session} opens it)", file=sys.stderr)
+    if out and not args.quiet:
         left = len(encodings) - len(written)
         print(f"wrote {out}: {len(written)} encodings for target {args.target} from {result.samples} samples in "
               f"{result.seconds:.1f}s" + (f" ({left} bias encodings left out: the target derives them; "

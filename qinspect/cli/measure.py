@@ -198,21 +198,12 @@ def _side(path, index, target):
     if not str(path).endswith(".qinspect"):
         return _read_encodings(path, index, target), None
     from ..core.errors import QInspectError
-    from ..core.project import Project
+    from ..core.project import session_configuration
 
     try:
-        project = Project.from_session(path)
-    except (QInspectError, OSError, ValueError, KeyError) as exc:
-        text = str(exc)  # session errors name the file and the fix already
-        raise _Usage(text if str(Path(path).name) in text else f"{path}: cannot open this session: {text}") from None
-    if project.target != target:
-        raise _Usage(f"{path}: the session is for target {project.target}; pass --target {project.target}")
-    if not project.stats:
-        raise _Usage(f"{path}: the session holds no calibration; calibrate it first")
-    if set(project.index.targets) != set(index.targets):
-        raise _Usage(f"{path}: the session is of another model ({project.index.path}); compare sessions of the "
-                     f"model given")
-    return dict(project.encodings), (project.index if project.steps else None)
+        return session_configuration(path, index, target)
+    except QInspectError as exc:
+        raise _Usage(str(exc)) from None
 
 
 def run_diff(args) -> int:

@@ -266,3 +266,25 @@ class Project:
         project.data_spec = session.data
         project.data_options = session.data_options
         return project
+
+
+def session_configuration(path, index: ModelIndex, target: str) -> tuple[dict[str, Encoding], ModelIndex | None]:
+    """A session as one side of a comparison with `index`'s model: its encodings, and its own model's
+    index when its PTQ steps rewrote the model (None otherwise). Raises QInspectError naming the file
+    and the fix for a session of another target or model, or without a calibration."""
+    from .errors import QInspectError
+
+    try:
+        project = Project.from_session(path)
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc)
+        raise QInspectError(text if Path(path).name in text else f"{path}: cannot open this session: {text}") from None
+    if project.target != target:
+        raise QInspectError(f"{path}: the session is for target {project.target}; switch to it "
+                            f"(--target {project.target})")
+    if not project.stats:
+        raise QInspectError(f"{path}: the session holds no calibration; calibrate it and save it again")
+    if set(project.index.targets) != set(index.targets):
+        raise QInspectError(f"{path}: the session is of another model ({project.index.path}); compare sessions "
+                            f"of the model open here")
+    return dict(project.encodings), (project.index if project.steps else None)

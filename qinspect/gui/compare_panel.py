@@ -1,5 +1,5 @@
 """Two configurations side by side in the window: the project's encodings (A) against an encodings
-file (B: a QAT run's, another session's, before a PTQ step), measured on the calibration data in a
+file or a saved session (B: a QAT run's, another session's, before a PTQ step), measured on the calibration data in a
 worker (`core.analysis.diff`). B may bring its own model (the fine-tuned ONNX model a QAT run ends
 with): it is prepared in the worker and the file is read against it, and each side is measured
 against its own float model. A sortable table per tensor with both bitwidths, ranges, scales and
@@ -125,7 +125,7 @@ class ComparePanel(QWidget):
     # --- choosing -----------------------------------------------------------------------------------
     def _ask(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Compare with encodings", "",
-                                              "Encodings JSON (*.json);;All files (*)")
+                                              "Encodings or session (*.json *.qinspect);;All files (*)")
         if path:
             self.compare_with(path, model=self.b_model)
 
@@ -156,6 +156,7 @@ class ComparePanel(QWidget):
         from ..core.errors import QInspectError
         from ..core.io.overrides import read_overrides
         from ..core.plan import encodings_for_target
+        from ..core.project import session_configuration
 
         project = self.project
         if project.index is None or not project.stats or not project.data_spec:
@@ -168,9 +169,17 @@ class ComparePanel(QWidget):
                             f"B's model {model} not found: choose the fine-tuned .onnx file with B model…")
             return False
         index, target = project.index, project.target
+        session = path.endswith(".qinspect")  # B = a session: its encodings, its own model after PTQ steps
+        if session and model is not None:
+            messages.notify(self, "warning", "Not compared",
+                            f"{path}: a session brings its own model; clear B model (×) to compare with it")
+            return False
         try:
-            b, _ = read_overrides(path, None if model else index)  # with B's model: checked against it in the job
-            b = b if model else encodings_for_target(index, b, target)
+            if session:
+                b = None  # opened in the job: it may re-prepare a rewritten model
+            else:
+                b, _ = read_overrides(path, None if model else index)  # with B's model: checked in the job
+                b = b if model else encodings_for_target(index, b, target)
         except (QInspectError, ValueError) as exc:
             text = str(exc)
             messages.notify(self, "warning", "Not compared", text if text.startswith(path) else f"{path}: {text}")
@@ -184,8 +193,10 @@ class ComparePanel(QWidget):
             index_b = b_enc = None
             if model is not None:
                 index_b, b_enc = _read_b(model, path, index, target, progress)
+            elif session:
+                b_enc, index_b = session_configuration(path, index, target)
             with open_data(spec, index.inputs, **options) as data:
-                result = diff(index, a, b_enc if model else b, data, index_b=index_b, samples=samples,
+                result = diff(index, a, b_enc if model or session else b, data, index_b=index_b, samples=samples,
                               progress=progress)
             return Run(result, path, model, index, stats, index_b)
 

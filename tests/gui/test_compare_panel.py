@@ -211,3 +211,27 @@ def test_a_b_model_that_cannot_be_used_is_said_and_the_panel_keeps_working(qtbot
     assert len(messages) == count
     assert panel.b_model is None and "window" in panel.findChild(object, "compareModelLabel").text()
     assert panel.select("conv1_relu_out") and panel.plot.ranges()["A"] is not None
+
+
+def test_b_can_be_a_saved_session_with_its_own_ptq_model(qtbot, window, messages, tmp_path):
+    """Two sessions side by side: B = a session whose CLE step rescaled its weights."""
+    session = tmp_path / "cle.qinspect"
+    assert main(["calibrate", str(EXAMPLE_MODEL), "--data", str(EXAMPLE_DATA), "--ptq", "cle", "--session",
+                 str(session), "-o", str(tmp_path / "cle.json"), "-q"]) == 0
+    with qtbot.waitSignal(window.calibrationFinished, timeout=WAIT):
+        assert window.calibrate(str(EXAMPLE_DATA))
+    panel = window.compare
+    with qtbot.waitSignal(panel.compared, timeout=WAIT) as done:
+        assert panel.compare_with(session, samples=16)
+    assert done.args == [True]
+    rows = {t.name: t for t in panel.result.tensors}
+    assert {"range", "scale"} & set(rows["conv1.weight"].changed)  # CLE's weights, from B's own model
+    assert not rows["conv1_relu_out"].changed or rows["conv1_relu_out"].b.sqnr_db is not None
+    assert not panel.compare_with(session, model=str(EXAMPLE_MODEL))
+    assert "a session brings its own model" in messages[-1][2]
+    other = tmp_path / "cpu.qinspect"
+    assert main(["calibrate", str(EXAMPLE_MODEL), "--data", str(EXAMPLE_DATA), "--target", "ort-cpu",
+                 "--session", str(other), "-q"]) == 0
+    with qtbot.waitSignal(panel.compared, timeout=WAIT) as done:
+        assert panel.compare_with(other, samples=16)
+    assert done.args == [False] and "for target ort-cpu" in messages[-1][2]
