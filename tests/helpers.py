@@ -39,3 +39,26 @@ def cpu_independent(warnings):
     """Export warnings that do not depend on the CPU running the tests: the u8s8 saturation warning
     appears only where onnxruntime's kernels saturate (x86 without VNNI), and is tested on its own."""
     return [w for w in warnings if "u8s8" not in w]
+
+
+def runs_as_simulated(capsys, model, encodings, target: str, tmp_path, samples: int = 64) -> dict:
+    """Export `encodings` as a QDQ model for `target`, run it in onnxruntime (default session options)
+    on the example's test data through `qinspect compare --runtime`, and check that its output SQNR is
+    the simulation's within 0.1 dB. Returns the exported model's path and the first output's numbers."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from qinspect.cli import main
+
+    data = Path(__file__).resolve().parent.parent / "resources" / "digits_test.npz"
+    qdq = tmp_path / f"{Path(str(encodings)).stem}_qdq.onnx"
+    assert main(["export", str(model), "--encodings", str(encodings), "--qdq", str(qdq), "--target", target,
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(model), "--encodings", str(encodings), "--data", str(data), "--samples",
+                 str(samples), "--target", target, "--runtime", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)["outputs"][0]
+    assert out["runtime_sqnr_db"] == pytest.approx(out["sqnr_db"], abs=0.1)
+    return {"qdq": qdq, **out}

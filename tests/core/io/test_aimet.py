@@ -56,11 +56,17 @@ def _aimet_python() -> str | None:
     return sys.executable if importlib.util.find_spec("aimet_onnx") else None
 
 
-@pytest.mark.slow
-def test_aimet_strict_loader_takes_our_1_0_0_file(tmp_path, capsys):
-    python = _aimet_python()
-    if python is None:
+@pytest.fixture
+def python():
+    """The Python with aimet-onnx; the test is skipped without one."""
+    found = _aimet_python()
+    if found is None:
         pytest.skip("aimet-onnx is not installed (set QINSPECT_AIMET_PYTHON to a Python that has it)")
+    return found
+
+
+@pytest.mark.slow
+def test_aimet_strict_loader_takes_our_1_0_0_file(python, tmp_path, capsys):
     enc = tmp_path / "digits_1.0.0.json"
     assert main(["calibrate", str(RESOURCES / "digits_cnn.onnx"), "--data", str(RESOURCES / "digits_calib.npz"),
                  "-o", str(enc), "--format", "1.0.0", "-q"]) == 0
@@ -88,10 +94,7 @@ def _aimet_sqnr(python, model, enc, *extra) -> tuple[float, str]:
 
 
 @pytest.mark.slow
-def test_aimet_strict_loader_takes_the_qat_start_bundle(tmp_path, capsys):
-    python = _aimet_python()
-    if python is None:
-        pytest.skip("aimet-onnx is not installed (set QINSPECT_AIMET_PYTHON to a Python that has it)")
+def test_aimet_strict_loader_takes_the_qat_start_bundle(python, tmp_path, capsys):
     from qinspect.core.calib.calibrate import calibrate
     from qinspect.core.calib.data import open_data
     from qinspect.core.io.qat import write_qat_start
@@ -115,10 +118,7 @@ def test_aimet_strict_loader_takes_the_qat_start_bundle(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", ["2.0.0", "2.1.0"])
-def test_aimet_loads_our_2_x_files_as_it_loads_its_own(version, tmp_path, capsys):
-    python = _aimet_python()
-    if python is None:
-        pytest.skip("aimet-onnx is not installed (set QINSPECT_AIMET_PYTHON to a Python that has it)")
+def test_aimet_loads_our_2_x_files_as_it_loads_its_own(version, python, tmp_path, capsys):
     enc = tmp_path / f"digits_{version}.json"
     assert main(["calibrate", str(RESOURCES / "digits_cnn.onnx"), "--data", str(RESOURCES / "digits_calib.npz"),
                  "-o", str(enc), "--format", version, "-q"]) == 0

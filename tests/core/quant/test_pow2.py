@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qinspect.cli import main
+from tests.helpers import runs_as_simulated
 from qinspect.core.plan import Defaults, PrecisionPlan, TensorEdit, check_edit
 from qinspect.core.quant.encoding import compute_encoding
 
@@ -57,9 +58,4 @@ def test_cli_pow2_encodings_export_and_run_as_simulated(tmp_path, capsys):
     scales = [s for e in doc["activation_encodings"] + doc["param_encodings"] if e.get("bw", 32) <= 16
               for s in e["scale"]]
     assert scales and all(np.log2(s) == round(np.log2(s)) for s in scales)
-    assert main(["export", model, "--encodings", str(enc), "--qdq", str(qdq), "--target", "ort-cpu", "-q"]) == 0
-    capsys.readouterr()
-    assert main(["compare", model, "--encodings", str(enc), "--data", str(RESOURCES / "digits_test.npz"),
-                 "--samples", "64", "--target", "ort-cpu", "--runtime", "--json", "-q"]) == 0
-    out = json.loads(capsys.readouterr().out)["outputs"][0]
-    assert out["runtime_sqnr_db"] == pytest.approx(out["sqnr_db"], abs=0.1)
+    runs_as_simulated(capsys, model, enc, "ort-cpu", tmp_path)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from qinspect.cli import main
+from tests.helpers import runs_as_simulated
 from qinspect.cli.common import SCHEMES as CLI_SCHEMES
 from qinspect.core.plan import Defaults, PrecisionPlan
 from qinspect.core.quant.encoding import compute_encoding
@@ -135,9 +135,4 @@ def test_cli_tf_adjusted_weights_export_and_run_as_simulated(tmp_path, capsys):
         assert lo <= w.min() + tol and hi >= w.max() - tol, name
         moved += tf[name]["scale"][0] != scale
     assert moved >= 2  # the example's weights: TF clips them, adjusted grows the grid
-    assert main(["export", model, "--encodings", str(enc), "--qdq", str(qdq), "--target", "ort-cpu", "-q"]) == 0
-    capsys.readouterr()
-    assert main(["compare", model, "--encodings", str(enc), "--data", str(RESOURCES / "digits_test.npz"),
-                 "--samples", "64", "--target", "ort-cpu", "--runtime", "--json", "-q"]) == 0
-    out = json.loads(capsys.readouterr().out)["outputs"][0]
-    assert out["runtime_sqnr_db"] == pytest.approx(out["sqnr_db"], abs=0.1)
+    runs_as_simulated(capsys, model, enc, "ort-cpu", tmp_path)

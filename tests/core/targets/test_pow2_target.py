@@ -1,7 +1,6 @@
 """A target that requires power-of-two scales (vitis-dpu): its rule puts every integer tensor, biases
 included, on an 8-bit symmetric per-tensor grid with a power-of-two scale; what it cannot run is
 refused with the fix; the QDQ export carries the same scales and onnxruntime runs it as simulated."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from qinspect.cli import main
+from tests.helpers import runs_as_simulated
 from qinspect.core.calib.calibrate import calibrate
 from qinspect.core.calib.data import open_data
 from qinspect.core.plan import PrecisionPlan, derive_encodings, encodings_for_target, refusals, rule_effects
@@ -99,12 +99,12 @@ def test_an_imported_file_is_regridded_to_powers_of_two(calibrated):
 
 
 def test_cli_export_carries_power_of_two_scales_and_runs_as_simulated(tmp_path, capsys):
-    enc, qdq = tmp_path / "enc.json", tmp_path / "q.onnx"
+    enc = tmp_path / "enc.json"
     assert main(["calibrate", str(MODEL), "--data", str(DATA), "-o", str(enc), "--format", "1.0.0",
                  "--target", "vitis-dpu", "-q"]) == 0
-    assert main(["export", str(MODEL), "--encodings", str(enc), "--qdq", str(qdq), "--target", "vitis-dpu",
-                 "-q"]) == 0
-    model = onnx.load(qdq)
+    out = runs_as_simulated(capsys, MODEL, enc, "vitis-dpu", tmp_path)
+    print(f"vitis-dpu digits: simulated {out['sqnr_db']:.2f} dB, onnxruntime {out['runtime_sqnr_db']:.2f} dB")
+    model = onnx.load(out["qdq"])
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                    if n.op_type == "Constant"})
@@ -116,9 +116,3 @@ def test_cli_export_carries_power_of_two_scales_and_runs_as_simulated(tmp_path, 
         if len(n.input) > 2:
             zp = consts[n.input[2]]
             assert zp.dtype == np.int8 and (zp == 0).all(), n.name
-    capsys.readouterr()
-    assert main(["compare", str(MODEL), "--encodings", str(enc), "--data", str(RESOURCES / "digits_test.npz"),
-                 "--samples", "64", "--target", "vitis-dpu", "--runtime", "--json", "-q"]) == 0
-    out = json.loads(capsys.readouterr().out)["outputs"][0]
-    print(f"vitis-dpu digits: simulated {out['sqnr_db']:.2f} dB, onnxruntime {out['runtime_sqnr_db']:.2f} dB")
-    assert out["runtime_sqnr_db"] == pytest.approx(out["sqnr_db"], abs=0.1)
