@@ -28,16 +28,52 @@ def layered_layout(names, preds) -> dict[str, tuple[float, int]]:
     edges = sorted({(idx[p], idx[n]) for n, ps in preds.items() if n in idx for p in ps if p in idx and p != n})
     if not names:
         return {}
-    graph = igraph.Graph(n=len(names), edges=edges, directed=True)
-    coords = graph.layout_sugiyama(layers=_layers(len(names), edges), maxiter=CROSSING_PASSES).coords[: len(names)]
-    cells = {n: (float(x), int(round(y))) for n, (x, y) in zip(names, coords)}
+    layers = _layers(len(names), edges)
+    cells = {}
+    left = 0.0
+    for members, local_edges in _components(len(names), edges):
+        xs = [0.0]  # a lone node: igraph has nothing to order
+        if local_edges:
+            graph = igraph.Graph(n=len(members), edges=local_edges, directed=True)
+            xs = [x for x, _ in graph.layout_sugiyama(layers=[layers[v] for v in members],
+                                                      maxiter=CROSSING_PASSES).coords[: len(members)]]
+        for v, x in zip(members, xs):
+            cells[names[v]] = (left + float(x), layers[v])
+        left += max(xs) + 1.0
     return _spread(cells)
 
 
+def _components(count: int, edges) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Weakly connected components, each as (its vertices in order, its edges renumbered), ordered by
+    their first vertex as igraph orders them. igraph 1.0's Sugiyama layout must get one component at a
+    time: with several, it looks up the edge of a dummy vertex (an edge spanning layers) at the wrong
+    index and reads past its arrays (sugiyama.c sizes `new_vertex_id_to_edge_id` by the whole graph's
+    vertex count but indexes it by the component's), which crashed the process now and then."""
+    parent = list(range(count))
+
+    def root(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for v in range(count):
+        groups.setdefault(root(v), []).append(v)
+    local = {}
+    for members in groups.values():
+        local.update({v: i for i, v in enumerate(members)})
+    inner: dict[int, list[tuple[int, int]]] = {r: [] for r in groups}
+    for a, b in edges:
+        inner[root(a)].append((local[a], local[b]))
+    return [(members, inner[r]) for r, members in sorted(groups.items(), key=lambda item: item[1][0])]
+
+
 def _layers(count: int, edges) -> list[int]:
-    """Longest-path layers. igraph layers by itself otherwise, and that code (1.0.0) corrupts memory
-    on some graphs: a random search of small DAGs crashed the process within 10,000 layouts, never
-    with the layers given. Nodes are taken in topological order (Kahn); nodes on a cycle (an
+    """Longest-path layers (igraph's own layering, 1.0.0, crashed on a random search of small DAGs
+    within 10,000 layouts; with layers given it still did, more rarely: see `_components`). Nodes are taken in topological order (Kahn); nodes on a cycle (an
     invalid model) follow in their given order, and an edge back along that order does not push
     its head down."""
     succ: list[list[int]] = [[] for _ in range(count)]

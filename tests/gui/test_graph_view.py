@@ -285,3 +285,30 @@ def test_ten_thousand_random_layouts_do_not_crash_the_process():
     done = subprocess.run([sys.executable, "-c", LAYOUT_STRESS], capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parents[2]))
     assert done.returncode == 0, (done.returncode, done.stdout.splitlines()[-1:])
+
+
+
+def test_igraph_gets_one_component_at_a_time(monkeypatch):
+    """igraph 1.0's Sugiyama layout, given several components and an edge spanning layers, looks up
+    the dummy vertices' edges at the wrong index and reads past its arrays (sugiyama.c): it crashed a
+    whole test run in the random test above, on this graph. Whether a read past the end crashes
+    depends on the heap, so the test checks the cause: every call gets one weakly connected
+    component, with an edge spanning layers here."""
+    import igraph
+
+    calls = []
+    real = igraph.Graph.layout_sugiyama
+
+    def recording(graph, *args, **kwargs):
+        calls.append((len(graph.connected_components(mode="weak")), graph.vcount()))
+        return real(graph, *args, **kwargs)
+
+    monkeypatch.setattr(igraph.Graph, "layout_sugiyama", recording)
+    inputs = [[176, 44], [0], [], [], [176, 428, 2898], [], [], [1882], [1616, 250, 2201], [], [4629], [], [745],
+              [], [], [1563, 427, 2000], [], [], [], [7380], [7380, 0], [745], [], [2662]]
+    names = [f"n{i}" for i in range(len(inputs))]
+    preds = {names[i]: [names[k % i] for k in ks] for i, ks in enumerate(inputs) if i and ks}
+    cells = layered_layout(names, preds)
+    assert calls and all(components == 1 for components, _ in calls), calls
+    assert len(set(cells.values())) == len(names)
+    assert cells["n8"][1] - cells["n0"][1] == 2  # n0 -> n8 spans two layers: igraph adds a dummy vertex
