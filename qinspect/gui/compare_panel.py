@@ -60,6 +60,7 @@ class Run:
     stats: dict                    # A's calibration statistics when the comparison started
     index_b: object = None
     values: dict = field(default_factory=dict)  # (side, name) -> TensorStats of a constant's values
+    stats_b: dict = field(default_factory=dict)  # B's own model's activation statistics (its samples)
 
 
 class ComparePanel(QWidget):
@@ -152,6 +153,7 @@ class ComparePanel(QWidget):
         `model`: B's own model (the file is then read against it); None: B runs the window's model.
         The panel's B model becomes `model`."""
         from ..core.analysis.diff import diff
+        from ..core.calib.calibrate import calibrate
         from ..core.calib.data import open_data
         from ..core.errors import QInspectError
         from ..core.io.overrides import read_overrides
@@ -198,7 +200,11 @@ class ComparePanel(QWidget):
             with open_data(spec, index.inputs, **options) as data:
                 result = diff(index, a, b_enc if model or session else b, data, index_b=index_b, samples=samples,
                               progress=progress)
-            return Run(result, path, model, index, stats, index_b)
+            stats_b = {}
+            if index_b is not None:  # B's own model: its activations differ, so histogram them too
+                with open_data(spec, index_b.inputs, samples=samples, **options) as data:
+                    stats_b = calibrate(index_b, data, progress=progress).stats
+            return Run(result, path, model, index, stats, index_b, stats_b=stats_b)
 
         token = self._pending = object()
         self.table.clearSelection()
@@ -295,8 +301,14 @@ class ComparePanel(QWidget):
             stats = run.stats.get(name) or run.stats.get(index.encoding_source(name))
             if stats is None or stats.count == 0:
                 return None, ""
-            source = "A's model's " if run.model else ""
-            return {"A": stats}, f"{name}: {source}calibration histogram, {stats.count:,} values"
+            b = None
+            if run.stats_b:
+                b = run.stats_b.get(name) or run.stats_b.get(run.index_b.encoding_source(name))
+            if b is None or b.count == 0:
+                source = "A's model's " if run.model else ""
+                return {"A": stats}, f"{name}: {source}calibration histogram, {stats.count:,} values"
+            return {"A": stats, "B": b}, (f"{name}: A's calibration histogram filled, B's model's outlined "
+                                          f"({run.result.samples} samples, scaled to A's count)")
 
         def of(side, idx):
             key = (side, name)

@@ -1,7 +1,8 @@
 """The Compare panel's plot: one tensor's values with A's and B's encoding ranges over them.
 
 The values are the calibration histogram for an activation, the initializer's values for a weight
-or bias, and B's values overlaid when B's own model holds different ones (after fine-tuning). Each
+or bias, and B's values overlaid when B has its own model (after fine-tuning): its weights where
+they differ, and its activations histogrammed on the comparison's samples, scaled to A's count. Each
 side's range is a span with its edges at the grid's min and max (over channels: the lowest min and
 the highest max), A's solid blue, B's dashed orange, so equal ranges still show both. The legend
 is a label above the plot, so it never covers the data.
@@ -123,6 +124,8 @@ class ComparePlot(QWidget):
             edges = display_bins(a, width)[0]
             edges = np.linspace(lo, hi, len(edges)) if hi > lo else edges
             counts = {"A": rebin(a, edges), "B": rebin(b, edges)}  # one set of bins: the shapes compare
+            if b.count != a.count:  # B's activations come from fewer samples: compare shapes, not totals
+                counts["B"] = counts["B"] * (a.count / b.count)
         else:
             edges, c = display_bins(a, width)
             counts = {"A": c}

@@ -184,6 +184,19 @@ def test_b_with_its_own_model_measures_and_draws_its_own_weights(qtbot, window, 
     assert panel.select("conv1.weight")  # a weight the fine-tuning left alone: one histogram
     assert "B" not in panel.plot.histogram_data() and "same values" in panel.plot.info.text()
 
+    # after the moved weight, B's model's activations differ: histogrammed on the comparison's samples
+    assert panel.select("conv2_relu_out")
+    data = panel.plot.histogram_data()
+    a_stats = window.project.stats["conv2_relu_out"]
+    b_count = panel.result.samples * 32 * 8 * 8  # samples x the tensor's values per sample
+    assert "B" in data and data["B"][1].sum() == b_count and data["A"][1].sum() == a_stats.count
+    assert data["B"][0][-1] != data["A"][0][-1]  # the moved weight changed the activation's range
+    if panel.plot.log_check.isChecked():
+        panel.plot.log_check.click()  # linear counts, to add them up
+    (_, ya), (_, yb) = _drawn(panel, "A"), _drawn(panel, "B")
+    assert abs(yb.sum() - ya.sum()) < 1e-6 * ya.sum()  # B scaled to A's count: the shapes compare
+    assert "B's model's outlined" in panel.plot.info.text()
+
 
 def test_a_b_model_that_cannot_be_used_is_said_and_the_panel_keeps_working(qtbot, window, messages, tmp_path):
     b = _file(tmp_path)
