@@ -61,7 +61,7 @@ def branching(nodes: int) -> onnx.ModelProto:
 def measure_graph(nodes: int) -> dict:
     from qinspect.core.graph.model import load_model
     from qinspect.core.project import Project
-    from qinspect.gui.graph_view import GraphPanel
+    from qinspect.gui.graph_panel import GraphPanel
 
     project = Project(load_model(branching(nodes)))
     panel = GraphPanel(project)

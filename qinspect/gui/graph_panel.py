@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 
 from .events import listen
 from .graph_scene import AMBER, GREEN, GREEN_ABOVE, RED, RED_BELOW
+from .graph_view import GraphView
 from .widgets import ElidedLabel
 
 
@@ -31,7 +32,6 @@ class GraphPanel(QWidget):
     def __init__(self, project, parent=None):
         super().__init__(parent)
         self.setObjectName("graphPanel")
-        from .graph_view import GraphView  # here, not at the top: graph_view re-exports GraphPanel
 
         self.view = GraphView(project, self)
         self.find_edit = QLineEdit(objectName="graphFind", placeholderText="Find node…", clearButtonEnabled=True)

@@ -17,7 +17,7 @@ Built to stay usable on graphs of thousands of nodes:
 - labels are hidden when zoomed out far enough that they would be unreadable.
 
 Scene items and colours (`GraphSceneMixin`, `sqnr_color`) are in `graph_scene`; the panel around
-the view (`GraphPanel`) in `graph_panel`. Both are imported from here too.
+the view (`GraphPanel`) in `graph_panel`, which imports this module (not the other way round).
 
 Only the main graph is drawn: a control-flow node (If/Loop/Scan) is one box, which stands for
 the quantizers inside its bodies too.
@@ -41,10 +41,9 @@ from PySide6.QtWidgets import (
 
 from .events import listen
 from .graph_layout import NODE_W, layered_layout
-from .graph_panel import GraphPanel
 from .graph_scene import AMBER, GREEN, GREEN_ABOVE, HIGHLIGHT_PEN, NO_PEN, RED, RED_BELOW, GraphSceneMixin, sqnr_color
 
-__all__ = ["AMBER", "GREEN", "READABLE_SCALE", "RED", "GraphPanel", "GraphView", "sqnr_color"]
+__all__ = ["AMBER", "GREEN", "READABLE_SCALE", "RED", "GraphView", "sqnr_color"]
 
 OPEN_SCALE = 1.0          # zoom a big graph opens at: labels at the font's size
 READABLE_SCALE = 0.8      # a graph whose fit is smaller (labels under ~9 px) opens at OPEN_SCALE on its inputs

@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QDockWidget
 
 from .compare_panel import ComparePanel
-from .graph_view import GraphPanel
+from .graph_panel import GraphPanel
 from .pareto_panel import ParetoPanel
 from .sensitivity_panel import SensitivityPanel
 

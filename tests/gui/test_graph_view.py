@@ -12,7 +12,8 @@ from PySide6.QtCore import Qt
 from qinspect.core.graph.model import load_model
 from qinspect.core.project import Project
 from qinspect.gui.graph_layout import BAND, NODE_H, layered_layout, place
-from qinspect.gui.graph_view import AMBER, GREEN, READABLE_SCALE, RED, GraphPanel, GraphView, sqnr_color
+from qinspect.gui.graph_panel import GraphPanel
+from qinspect.gui.graph_view import AMBER, GREEN, READABLE_SCALE, RED, GraphView, sqnr_color
 from qinspect.gui.main_window import EXAMPLE_DATA
 
 WAIT = 60_000
