@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -59,6 +60,10 @@ class CalibrationDialog(QDialog):
         self.batch = QSpinBox(objectName="batchSpin", minimum=1, maximum=4096, value=8)
         self.scheme = QComboBox(objectName="schemeCombo")
         self.scheme.addItems(SCHEMES)
+        self.scheme.setItemData(SCHEMES.index("tf_adjusted"),
+                                "QNN's TF Adjusted: 8-bit asymmetric per-tensor weights keep both ends of their range "
+                                "(set a weight's Symmetric and Per channel off in the editor); elsewhere it is tf",
+                                Qt.ToolTipRole)
         self.scheme.setCurrentText(scheme)
         self.exact = QCheckBox("Bin every value (slower)", objectName="exactHistogramsCheck")
         self.exact.setToolTip("By default each batch adds a subsample of 16,384 values per tensor to its "
