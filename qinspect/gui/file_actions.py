@@ -168,6 +168,26 @@ class FileActionsMixin:
                     lambda files: self._exported(str(folder)), lambda: None)
         return True
 
+    def _ask_compare_qat(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Compare with a QAT result: the folder with its model and "
+                                                  "encodings", self.start_folder())
+        if folder:
+            self.compare_qat_result(folder)
+
+    def compare_qat_result(self, folder) -> bool:
+        """What a QAT run ends with, as configuration B: the folder's fine-tuned model and its encodings
+        in the Compare panel (against the window's encodings, on the calibration data)."""
+        from ..core.errors import QInspectError
+        from ..core.io.qat import qat_result_files
+
+        try:
+            model, encodings = qat_result_files(folder)
+        except QInspectError as exc:
+            messages.notify(self, "warning", "Not compared", str(exc))
+            return False
+        self._show_dock(self.compare_dock)
+        return self.compare.compare_with(encodings, model=model)
+
     def _ask_export_report(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export report", self._default_path(".html"),
                                               "HTML reports (*.html);;All files (*)")

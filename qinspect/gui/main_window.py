@@ -150,6 +150,10 @@ class MainWindow(FileActionsMixin, PtqActionsMixin, PanelsMixin, QMainWindow):
         self.actionExportReport = self._action("actionExportReport", "Export &report (HTML)…", self._ask_export_report,
                                                None, file)
         self.actionExportQat = self._action("actionExportQat", "Export for Q&AT…", self._ask_export_qat, None, file)
+        self.actionCompareQat = self._action("actionCompareQat", "Compare with QAT res&ult…", self._ask_compare_qat,
+                                             None, file)
+        self.actionCompareQat.setToolTip("The fine-tuned model and encodings a QAT run saved in a folder, as B in "
+                                         "the Compare panel")
         self.actionExportFloatModel = self._action("actionExportFloatModel", "Export &float model…",
                                                    self._ask_export_float_model, None, file)
         self.actionExportFloatModel.setToolTip("The float model as the target runs it, with the PTQ steps applied: "

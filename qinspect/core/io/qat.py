@@ -8,7 +8,8 @@ training script can follow: each tensor's dtype and bitwidth, which stay float, 
 are *frozen* (a range or an encoding the user fixed, or one the model already had: load them with
 `allow_overwrite=False`, or `requires_grad=False` when learning ranges).
 
-What the run ends with comes back as a second configuration: `qinspect diff MODEL --a ENC.json --b
+What the run ends with comes back as a second configuration (`qat_result_files` finds the model and
+its encodings in the folder the run saved them to): `qinspect diff MODEL --a ENC.json --b
 QAT_ENC.json --b-model QAT_MODEL.onnx` (and the window opens either).
 """
 from __future__ import annotations
@@ -58,3 +59,26 @@ def write_qat_start(folder, index, encodings: dict, plan, *, protect=()) -> list
     doc = qat_plan(index, encodings, plan)
     plan_file = atomic_write(folder / PLAN_FILE, json.dumps(doc, indent=1) + "\n", protect=protect)
     return [model, enc, plan_file]
+
+
+def qat_result_files(folder) -> tuple[Path, Path]:
+    """The fine-tuned model and its encodings in the folder a QAT run saved them to: one ONNX model
+    and one encodings file (.json or AIMET's .encodings; `qat_plan.json` is not one). Raises
+    QInspectError naming the folder, what it holds, and the fix when that is not exactly one each."""
+    from ..errors import QInspectError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QInspectError(f"{folder}: not a folder; choose the folder the QAT run saved its model and encodings to")
+    models = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".onnx" and p.is_file())
+    encodings = sorted(p for p in folder.iterdir() if p.is_file() and p.name != PLAN_FILE
+                       and p.suffix.lower() in (".json", ".encodings"))
+    fix = "or compare with Compare > B model… and the encodings file"
+    if len(models) != 1:
+        found = ", ".join(p.name for p in models) or "none"
+        raise QInspectError(f"{folder}: needs one .onnx model, holds {found}; keep only the fine-tuned one, {fix}")
+    if len(encodings) != 1:
+        found = ", ".join(p.name for p in encodings) or "none"
+        raise QInspectError(f"{folder}: needs one encodings file (.json or .encodings), holds {found}; keep only "
+                            f"the fine-tuned run's, {fix}")
+    return models[0], encodings[0]
