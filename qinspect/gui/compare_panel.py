@@ -1,7 +1,7 @@
 """Two configurations side by side in the window: the project's encodings (A) against an encodings
-file or a saved session (B: a QAT run's, another session's, before a PTQ step), measured on the calibration data in a
-worker (`core.analysis.diff`). B may bring its own model (the fine-tuned ONNX model a QAT run ends
-with): it is prepared in the worker and the file is read against it, and each side is measured
+file, a saved session or the model before the last PTQ step (B), measured on the calibration data
+in a worker (`core.analysis.diff`). B may bring its own model (the fine-tuned ONNX model a QAT run
+ends with): it is prepared in the worker and the file is read against it, and each side is measured
 against its own float model. A sortable table per tensor with both bitwidths, ranges, scales and
 SQNRs, the cells that differ highlighted; both output SQNRs above it. The selected row's values
 and both ranges are drawn beside the table (`compare_plot`).
@@ -10,8 +10,8 @@ What a row's plot shows is fixed when its comparison starts (A's model and stati
 so a later edit, recalibration or another model in the window does not mix into it.
 
 Object names: ``comparePanel`` (the dock, set by the window), ``compareTable``, ``compareStatus``,
-``compareLoadButton``, ``compareModelButton``, ``compareModelLabel``, ``compareModelClear``,
-``compareSplitter``, and the plot's (``compareHistogram``, ``compareLegend``, ...).
+``compareLoadButton``, ``compareBeforeButton``, ``compareModelButton``, ``compareModelLabel``,
+``compareModelClear``, ``compareSplitter``, and the plot's (``compareHistogram``, ``compareLegend``, ...).
 Signal: ``compared(bool)`` when a run ends (True: new results shown).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QLab
 
 from . import messages
 from .compare_plot import ComparePlot
+from .events import listen
 from .widgets import ElidedLabel
 
 SAMPLES = 32
@@ -82,6 +83,10 @@ class ComparePanel(QWidget):
         self.clear_button = QToolButton(objectName="compareModelClear", text="×")
         self.clear_button.setToolTip("B runs the window's model again")
         self.clear_button.setEnabled(False)
+        self.before_button = QPushButton("Before last PTQ step", objectName="compareBeforeButton")
+        self.before_button.setToolTip("B = the model before the last PTQ step, with its statistics, under the "
+                                      "current plan")
+        self.before_button.setEnabled(project.before is not None)
         self.status = QLabel("A: the window's encodings; B: an encodings file (a QAT run's, another session's).",
                              objectName="compareStatus")
         self.status.setWordWrap(True)
@@ -104,17 +109,23 @@ class ComparePanel(QWidget):
         self.splitter.setChildrenCollapsible(False)
         self._split = False  # the table's share is set once, when the panel first has a width
         top = QHBoxLayout()
-        for w in (self.load_button, self.model_button, self.model_label, self.clear_button):
+        for w in (self.load_button, self.before_button, self.model_button, self.model_label, self.clear_button):
             top.addWidget(w)
-        top.addWidget(self.status, 1)
+        top.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addWidget(self.status)  # its own line: beside the buttons it wrapped into a tall column
         layout.addWidget(self.splitter, 1)
         self.load_button.clicked.connect(self._ask)
         self.model_button.clicked.connect(self._ask_model)
         self.clear_button.clicked.connect(lambda: self._choose_model(None))
+        self.before_button.clicked.connect(lambda: self.compare_with_before())
+        listen(self, project, self._on_project)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
         self.proxy.layoutChanged.connect(self._on_selection)  # a re-sort keeps the row; check the plot follows
+
+    def _on_project(self, event: str, names) -> None:
+        self.before_button.setEnabled(self.project.before is not None)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
@@ -152,25 +163,19 @@ class ComparePanel(QWidget):
         """Measure the project's encodings (A) and the file's (B) on the calibration data in a worker.
         `model`: B's own model (the file is then read against it); None: B runs the window's model.
         The panel's B model becomes `model`."""
-        from ..core.analysis.diff import diff
-        from ..core.calib.calibrate import calibrate
-        from ..core.calib.data import open_data
         from ..core.errors import QInspectError
         from ..core.io.overrides import read_overrides
         from ..core.plan import encodings_for_target
         from ..core.project import session_configuration
 
-        project = self.project
-        if project.index is None or not project.stats or not project.data_spec:
-            messages.notify(self, "warning", "Nothing to compare",
-                            "Calibrate the model first: the comparison runs on the calibration data.")
+        if not self._calibrated():
             return False
         path, model = str(path), None if model is None else str(model)
         if model is not None and not os.path.isfile(model):
             messages.notify(self, "warning", "Not compared",
                             f"B's model {model} not found: choose the fine-tuned .onnx file with B model…")
             return False
-        index, target = project.index, project.target
+        index, target = self.project.index, self.project.target
         session = path.endswith(".qinspect")  # B = a session: its encodings, its own model after PTQ steps
         if session and model is not None:
             messages.notify(self, "warning", "Not compared",
@@ -188,28 +193,71 @@ class ComparePanel(QWidget):
             return False
         self._set_model(model)
         self._last_path = path
+
+        def make_b(progress):
+            if model is not None:
+                index_b, b_enc = _read_b(model, path, index, target, progress)
+                return b_enc, index_b, None
+            if session:
+                return (*session_configuration(path, index, target), None)
+            return b, None, None
+
+        return self._launch(path, model, make_b, samples)
+
+    def compare_with_before(self, samples: int = SAMPLES) -> bool:
+        """B = the project before its last PTQ step: that model and its statistics under the current
+        plan, so what the step did shows tensor by tensor."""
+        from ..core.plan import PrecisionPlan, derive_encodings
+
+        if not self._calibrated():
+            return False
+        if self.project.before is None:
+            messages.notify(self, "warning", "Nothing to compare",
+                            "No PTQ step applied yet: apply one (Analysis > PTQ steps), then compare with before it.")
+            return False
+        index_b, stats_b, title = self.project.before
+        plan = PrecisionPlan.from_dict(self.project.plan.to_dict())  # a snapshot for the worker
+        self._set_model(None)
+        self._last_path = None  # a B model chosen later has no file to read against
+
+        def make_b(progress):
+            return derive_encodings(index_b, stats_b, plan), index_b, dict(stats_b)
+
+        return self._launch(f"before {title}", None, make_b, samples)
+
+    def _calibrated(self) -> bool:
+        project = self.project
+        if project.index is None or not project.stats or not project.data_spec:
+            messages.notify(self, "warning", "Nothing to compare",
+                            "Calibrate the model first: the comparison runs on the calibration data.")
+            return False
+        return True
+
+    def _launch(self, label: str, model: str | None, make_b, samples: int) -> bool:
+        """Compare in a worker. `make_b(progress)` gives B's encodings, B's own model's index (None: the
+        window's) and its activation statistics (None: calibrated here when B has its own model)."""
+        from ..core.analysis.diff import diff
+        from ..core.calib.calibrate import calibrate
+        from ..core.calib.data import open_data
+
+        project = self.project
+        index = project.index
         a, stats = dict(project.encodings), dict(project.stats)
         spec, options = project.data_spec, dict(project.data_options)
 
         def job(progress):
-            index_b = b_enc = None
-            if model is not None:
-                index_b, b_enc = _read_b(model, path, index, target, progress)
-            elif session:
-                b_enc, index_b = session_configuration(path, index, target)
+            b_enc, index_b, stats_b = make_b(progress)
             with open_data(spec, index.inputs, **options) as data:
-                result = diff(index, a, b_enc if model or session else b, data, index_b=index_b, samples=samples,
-                              progress=progress)
-            stats_b = {}
-            if index_b is not None:  # B's own model: its activations differ, so histogram them too
+                result = diff(index, a, b_enc, data, index_b=index_b, samples=samples, progress=progress)
+            if index_b is not None and stats_b is None:  # B's own model: its activations differ too
                 with open_data(spec, index_b.inputs, samples=samples, **options) as data:
                     stats_b = calibrate(index_b, data, progress=progress).stats
-            return Run(result, path, model, index, stats, index_b, stats_b=stats_b)
+            return Run(result, label, model, index, stats, index_b, stats_b=stats_b or {})
 
         token = self._pending = object()
         self.table.clearSelection()
         self.plot.clear("Comparing: select a row when the table is filled.")
-        self.status.setText(f"comparing with {path}" + (f" on B's model {model}" if model else "") + "…")
+        self.status.setText(f"comparing with {label}" + (f" on B's model {model}" if model else "") + "…")
 
         def stopped(text: str | None = None) -> None:  # failed(text) or cancelled()
             if token is self._pending:
@@ -234,7 +282,7 @@ class ComparePanel(QWidget):
             f, ta, tb = result.accuracy
             outputs += f" · top-1 A {ta:.1%}, B {tb:.1%} (float {f:.1%})"
         changed = sum(1 for t in result.tensors if t.changed)
-        # File names only: the status shares its row with the buttons; the tooltip has the paths.
+        # File names only: the tooltip has the paths.
         model = f" on {os.path.basename(run.model)}" if run.model else ""
         self.status.setText(f"B = {os.path.basename(run.path)}{model} · {result.samples} samples · {outputs} · "
                             f"{changed} of {len(result.tensors)} tensors differ")

@@ -248,3 +248,29 @@ def test_b_can_be_a_saved_session_with_its_own_ptq_model(qtbot, window, messages
     with qtbot.waitSignal(panel.compared, timeout=WAIT) as done:
         assert panel.compare_with(other, samples=16)
     assert done.args == [False] and "for target ort-cpu" in messages[-1][2]
+
+
+def test_b_can_be_the_model_before_the_last_ptq_step(qtbot, window, messages):
+    """Before/after a PTQ step, without saving anything: B is the model before CLE, its statistics, the
+    current plan."""
+    _calibrated(qtbot, window)
+    panel = window.compare
+    button = panel.findChild(object, "compareBeforeButton")
+    assert not button.isEnabled() and not panel.compare_with_before()
+    assert "No PTQ step applied yet" in messages[-1][2]
+    before_index = window.project.index
+    with qtbot.waitSignal(window.ptqFinished, timeout=WAIT) as done:
+        assert window.run_ptq_step("cle")
+    assert done.args == [True] and button.isEnabled()
+    with qtbot.waitSignal(panel.compared, timeout=WAIT) as done:
+        button.click()
+    assert done.args == [True]
+    assert "B = before cross-layer equalization" in panel.status.text()
+    rows = {t.name: t for t in panel.result.tensors}
+    assert {"range", "scale"} & set(rows["conv1.weight"].changed)  # CLE rescaled conv1's weights
+    assert panel.select("conv1.weight")
+    data = panel.plot.histogram_data()
+    np.testing.assert_array_equal(data["B"][1], TensorStats.of(before_index.initializer("conv1.weight")).counts)
+    assert panel.select("conv1_relu_out") and "B" in panel.plot.histogram_data()  # before's statistics
+    window.stack.undo()
+    assert not button.isEnabled()
