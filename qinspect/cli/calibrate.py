@@ -72,6 +72,7 @@ def run_calibrate(args) -> int:
     from ..core.io.overrides import (apply_overrides, file_encodings, format_warnings, quantizer_args, read_overrides,
                                     write_overrides)
     from ..core.plan import Defaults, PrecisionPlan, derive_encodings, refusals, rule_effects
+    from ..core.targets.rules import summary
     from ..core.progress import NullProgress
 
     if not (args.output or args.save_stats or args.session):
@@ -108,7 +109,7 @@ def run_calibrate(args) -> int:
     problems = refusals(index, plan)
     if problems:
         where = f"{args.overrides}: " if args.overrides else ""
-        raise _Usage(where + "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+        raise _Usage(where + summary(problems))
     _check_providers(args.provider)
     providers = args.provider or None
     progress = NullProgress() if args.quiet else TerminalProgress()

@@ -23,7 +23,7 @@ from .quant.encoding import (
 from .quant.ranges import SCHEMES, choose_range
 from .quant.stats import TensorStats, channel_stats
 from .targets.profiles import DEFAULT_TARGET, get_target
-from .targets.rules import RuleEffect, apply_rules, dependents, refusal
+from .targets.rules import RuleEffect, apply_rules, dependents, refusal, summary
 
 DTYPES = ("int", "float")
 # AIMET's floor for a bias scale when no input or weight scale exists (spec 3.6).
@@ -435,7 +435,6 @@ def encodings_for_target(index, encodings: dict[str, Encoding], target=None) -> 
             plan.restore(name, TensorEdit(encoding=enc))
     problems = refusals(index, plan, list(plan.edits))
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise ValueError(shown)
+        raise ValueError(summary(problems))
     derived = derive_encodings(index, {}, plan, names=list(plan.edits), known={})
     return {n: e for n, e in derived.items() if n in plan.edits}

@@ -24,7 +24,7 @@ from .steps import StepOutcome, StepRecord
 from .quant.encoding import Encoding
 from .quant.stats import TensorStats
 from .targets.profiles import get_target
-from .targets.rules import RuleEffect
+from .targets.rules import RuleEffect, summary
 
 Listener = Callable[[str, "list[str] | None"], None]
 
@@ -91,7 +91,7 @@ class Project:
             trial.target = new.name
             problems = refusals(self.index, trial, list(self.plan.edits))
             if problems:
-                raise ValueError(f"{new.name} cannot run the current plan: " + "; ".join(problems[:4]))
+                raise ValueError(f"{new.name} cannot run the current plan: " + summary(problems, limit=4))
         reindex = self.index is not None and (new.placement, new.fold_batchnorm) != (old.placement, old.fold_batchnorm)
         if reindex:
             if self.steps:  # the rewritten model, not the file: the steps' work stays

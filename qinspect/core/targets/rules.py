@@ -241,3 +241,18 @@ def _unsupported(target: Target, t, dtype: str, bw: int) -> str | None:
     alt = f", or choose the {' or '.join(others)} target" if others else ""
     kinds = {"activation": "activations", "weight": "weights", "bias": "biases"}[t.kind]
     return f"{dtype}{bw} {kinds} do not run on {target.name} ({why}); use {ok}{alt}"
+
+
+def summary(problems: list[str], limit: int = 6) -> str:
+    """Refusals ("name: why" lines) in one line, tensors with the same reason named together: a default
+    the target cannot run would otherwise repeat its reason for every tensor."""
+    reasons: dict[str, list[str]] = {}
+    for p in problems:
+        name, _, why = p.partition(": ")
+        reasons.setdefault(why, []).append(name)
+    parts = []
+    for why, names in list(reasons.items())[:limit]:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        parts.append(f"{shown}: {why}")
+    more = len(reasons) - limit
+    return "; ".join(parts) + (f"; and {more} more reason(s)" if more > 0 else "")

@@ -116,3 +116,13 @@ def test_cli_export_carries_power_of_two_scales_and_runs_as_simulated(tmp_path, 
         if len(n.input) > 2:
             zp = consts[n.input[2]]
             assert zp.dtype == np.int8 and (zp == 0).all(), n.name
+
+
+def test_a_default_the_target_cannot_run_is_said_once_with_its_tensors(tmp_path, capsys):
+    """--act-bw 16 on vitis-dpu: one reason naming the tensors, not the reason repeated per tensor."""
+    code = main(["calibrate", str(MODEL), "--data", str(DATA), "-o", str(tmp_path / "x.json"), "--target",
+                 "vitis-dpu", "--act-bw", "16", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("int16 activations do not run on vitis-dpu") == 1
+    assert err.startswith("qinspect: input, conv1_relu_out, conv2_relu_out, conv3_relu_out and 2 more: ")
+    assert not (tmp_path / "x.json").exists()
