@@ -65,6 +65,22 @@ def python():
     return found
 
 
+def _aimet_sqnr(python, model, enc, *extra) -> tuple[float, str]:
+    run = subprocess.run([python, "-c", LOAD, str(model), str(enc), str(RESOURCES / "digits_test.npz"), *extra],
+                         capture_output=True, text=True, timeout=600)
+    print(run.stdout, run.stderr[-2000:])
+    assert run.returncode == 0 and "MISMATCH" not in run.stdout
+    return float(run.stdout.split("SQNR")[1]), run.stdout
+
+
+def _our_sqnr(capsys, model, enc) -> float:
+    """qinspect's simulated output SQNR of `enc` on the test data (qinspect compare --json)."""
+    capsys.readouterr()
+    assert main(["compare", str(model), "--encodings", str(enc), "--data", str(RESOURCES / "digits_test.npz"),
+                 "--json", "-q"]) == 0
+    return json.loads(capsys.readouterr().out)["outputs"][0]["sqnr_db"]
+
+
 @pytest.mark.slow
 def test_aimet_strict_loader_takes_our_1_0_0_file(python, tmp_path, capsys):
     enc = tmp_path / "digits_1.0.0.json"
@@ -72,25 +88,10 @@ def test_aimet_strict_loader_takes_our_1_0_0_file(python, tmp_path, capsys):
                  "-o", str(enc), "--format", "1.0.0", "-q"]) == 0
     doc = json.loads(enc.read_text())
     assert not [e for e in doc["param_encodings"] if e["name"].endswith(".bias")]  # the converter derives them
-    run = subprocess.run([python, "-c", LOAD, str(RESOURCES / "digits_cnn.onnx"), str(enc),
-                          str(RESOURCES / "digits_test.npz")], capture_output=True, text=True, timeout=600)
-    print(run.stdout, run.stderr[-2000:])
-    assert run.returncode == 0 and "MISMATCH" not in run.stdout
-    sqnr = float(run.stdout.split("SQNR")[1])
-    capsys.readouterr()
-    assert main(["compare", str(RESOURCES / "digits_cnn.onnx"), "--encodings", str(enc), "--data",
-                 str(RESOURCES / "digits_test.npz"), "--json", "-q"]) == 0
-    ours = json.loads(capsys.readouterr().out)["outputs"][0]["sqnr_db"]
+    sqnr, _ = _aimet_sqnr(python, RESOURCES / "digits_cnn.onnx", enc)
+    ours = _our_sqnr(capsys, RESOURCES / "digits_cnn.onnx", enc)
     print(f"logits SQNR: AIMET's simulation of our file {sqnr:.2f} dB, qinspect's {ours:.2f} dB")
     assert abs(sqnr - ours) < 0.5
-
-
-def _aimet_sqnr(python, model, enc, *extra) -> tuple[float, str]:
-    run = subprocess.run([python, "-c", LOAD, str(model), str(enc), str(RESOURCES / "digits_test.npz"), *extra],
-                         capture_output=True, text=True, timeout=600)
-    print(run.stdout, run.stderr[-2000:])
-    assert run.returncode == 0 and "MISMATCH" not in run.stdout
-    return float(run.stdout.split("SQNR")[1]), run.stdout
 
 
 @pytest.mark.slow
@@ -107,11 +108,7 @@ def test_aimet_strict_loader_takes_the_qat_start_bundle(python, tmp_path, capsys
     plan.edits["fc1_relu_out"] = TensorEdit(range=(0.0, 20.0))  # frozen
     write_qat_start(tmp_path / "qat", index, derive_encodings(index, stats, plan), plan)
     sqnr, _ = _aimet_sqnr(python, tmp_path / "qat" / "model.onnx", tmp_path / "qat" / "encodings.json")
-    capsys.readouterr()
-    assert main(["compare", str(tmp_path / "qat" / "model.onnx"), "--encodings",
-                 str(tmp_path / "qat" / "encodings.json"), "--data", str(RESOURCES / "digits_test.npz"),
-                 "--json", "-q"]) == 0
-    ours = json.loads(capsys.readouterr().out)["outputs"][0]["sqnr_db"]
+    ours = _our_sqnr(capsys, tmp_path / "qat" / "model.onnx", tmp_path / "qat" / "encodings.json")
     print(f"QAT bundle, logits SQNR: AIMET's simulation {sqnr:.2f} dB, qinspect's {ours:.2f} dB")
     assert abs(sqnr - ours) < 0.5
 
@@ -128,9 +125,6 @@ def test_aimet_loads_our_2_x_files_as_it_loads_its_own(version, python, tmp_path
     complaints = [c.strip() for c in strict.split("|")[1:] if c.strip()]
     assert complaints and all(c.endswith(".bias:") or c.startswith("enabled: False, loaded encoding enabled: True")
                               for c in complaints), complaints
-    capsys.readouterr()
-    assert main(["compare", str(RESOURCES / "digits_cnn.onnx"), "--encodings", str(enc), "--data",
-                 str(RESOURCES / "digits_test.npz"), "--json", "-q"]) == 0
-    ours = json.loads(capsys.readouterr().out)["outputs"][0]["sqnr_db"]
+    ours = _our_sqnr(capsys, RESOURCES / "digits_cnn.onnx", enc)
     print(f"{version}, logits SQNR: AIMET's simulation of our file {sqnr:.2f} dB, qinspect's {ours:.2f} dB")
     assert abs(sqnr - ours) < 0.5
